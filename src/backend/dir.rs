@@ -1,0 +1,817 @@
+//! A directory on a mounted filesystem, served as a volume.
+//!
+//! Confinement is the point of this module. The volume root is held open as an `O_PATH` directory
+//! descriptor, and every path is resolved relative to it with `openat2(2)` and
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`: no component may be a symlink
+//! and nothing may resolve outside the root, whatever happens to the tree underneath us (a
+//! directory swapped for a symlink to `/etc` between two calls is refused with `ELOOP`). Final
+//! components are acted on with `*at` calls and `AT_SYMLINK_NOFOLLOW`, or through the
+//! `/proc/self/fd/N` link of an `O_PATH` descriptor, which names exactly the file the descriptor
+//! holds (a symlink stays a symlink). The daemon never follows a symlink found in a volume; the
+//! kernel on the client side resolves them like on any filesystem.
+
+use std::any::Any;
+use std::ffi::{CStr, OsStr};
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{Mode, SFlag, fstat, fstatat, mkdirat, mknodat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, fchownat, linkat, symlinkat, unlinkat};
+
+use super::{
+    Attr, Backend, Caller, DirEntry, FileId, FileKind, OpenFile, SetAttr, SetTime, StatFs,
+};
+use crate::error::{Error, Result};
+
+const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_BENEATH
+    .union(ResolveFlag::RESOLVE_NO_SYMLINKS)
+    .union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
+
+/// A volume stored in a local directory tree.
+#[derive(Debug)]
+pub struct DirBackend {
+    root_path: PathBuf,
+    root: OwnedFd,
+}
+
+/// A directory descriptor: the root itself, or one opened beneath it.
+enum DirFd<'a> {
+    Root(BorrowedFd<'a>),
+    Owned(OwnedFd),
+}
+
+impl AsFd for DirFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DirFd::Root(fd) => *fd,
+            DirFd::Owned(fd) => fd.as_fd(),
+        }
+    }
+}
+
+impl DirBackend {
+    /// Open the directory at `path` as a volume root.
+    pub fn open(path: &Path) -> std::io::Result<DirBackend> {
+        let root = nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(DirBackend {
+            root_path: path.to_path_buf(),
+            root,
+        })
+    }
+
+    /// The configured root path.
+    pub fn root_path(&self) -> &Path {
+        &self.root_path
+    }
+
+    /// Open `rel` beneath the root with `flags`, following no symlink on the way.
+    fn resolve(&self, rel: &Path, flags: OFlag) -> Result<OwnedFd> {
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .resolve(RESOLVE);
+        // The root itself is "." beneath the root.
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        Ok(openat2(self.root.as_fd(), rel, how)?)
+    }
+
+    /// A directory descriptor for `rel` (the root when `rel` is empty).
+    fn dir(&self, rel: &Path) -> Result<DirFd<'_>> {
+        if rel.as_os_str().is_empty() {
+            Ok(DirFd::Root(self.root.as_fd()))
+        } else {
+            self.resolve(rel, OFlag::O_PATH | OFlag::O_DIRECTORY)
+                .map(DirFd::Owned)
+        }
+    }
+
+    /// An `O_PATH` descriptor of the file at `rel` itself (a symlink stays a symlink).
+    fn target(&self, rel: &Path) -> Result<DirFd<'_>> {
+        if rel.as_os_str().is_empty() {
+            Ok(DirFd::Root(self.root.as_fd()))
+        } else {
+            self.resolve(rel, OFlag::O_PATH).map(DirFd::Owned)
+        }
+    }
+
+    /// The parent directory and final name of a non-root path.
+    fn split(rel: &Path) -> Result<(&Path, &OsStr)> {
+        match (rel.parent(), rel.file_name()) {
+            (Some(parent), Some(name)) => Ok((parent, name)),
+            _ => Err(Error::invalid(libc::EINVAL)),
+        }
+    }
+
+    /// Give a newly created entry to the caller, as a local filesystem would. New entries in a
+    /// set-group-ID directory keep the directory's group (the backend already applied that).
+    fn chown_new(&self, dir: &DirFd<'_>, name: &OsStr, who: Caller) -> Result<()> {
+        let parent_setgid = fstat(dir.as_fd())?.st_mode & libc::S_ISGID != 0;
+        let me = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let gid = if parent_setgid { None } else { Some(who.gid) };
+        if who.uid == me.0 && gid.is_none_or(|g| g == me.1) {
+            return Ok(());
+        }
+        let res = fchownat(
+            dir.as_fd(),
+            name,
+            Some(Uid::from_raw(who.uid)),
+            gid.map(Gid::from_raw),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        );
+        if let Err(e) = res {
+            // Leave no half-made entry behind; the caller sees the chown failure.
+            let _ = unlinkat(dir.as_fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                .or_else(|_| unlinkat(dir.as_fd(), name, nix::unistd::UnlinkatFlags::RemoveDir));
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn stat_at(&self, dir: &DirFd<'_>, name: &OsStr) -> Result<Attr> {
+        Ok(attr_from_stat(&fstatat(
+            dir.as_fd(),
+            name,
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?))
+    }
+}
+
+impl Backend for DirBackend {
+    fn describe(&self) -> String {
+        format!("dir:{}", self.root_path.display())
+    }
+
+    fn stat(&self, path: &Path) -> Result<Attr> {
+        if path.as_os_str().is_empty() {
+            return Ok(attr_from_stat(&fstat(self.root.as_fd())?));
+        }
+        let (parent, name) = Self::split(path)?;
+        let dir = self.dir(parent)?;
+        self.stat_at(&dir, name)
+    }
+
+    fn setattr(&self, path: &Path, set: &SetAttr) -> Result<Attr> {
+        let target = self.target(path)?;
+        with_proc_path(target.as_fd(), |proc| {
+            if let Some(size) = set.size {
+                // Truncate through the descriptor's own link: a symlink cannot be opened this way,
+                // and O_NONBLOCK keeps a fifo from blocking us.
+                let f = nix::fcntl::open(
+                    proc,
+                    OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                nix::unistd::ftruncate(&f, size_to_off(size)?)?;
+            }
+            apply_owner_mode_times(target.as_fd(), proc, set)
+        })?;
+        Ok(attr_from_stat(&fstat(target.as_fd())?))
+    }
+
+    fn readlink(&self, path: &Path) -> Result<Vec<u8>> {
+        let target = self.target(path)?;
+        Ok(nix::fcntl::readlinkat(target.as_fd(), "")?.into_vec())
+    }
+
+    fn mknod(
+        &self,
+        parent: &Path,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        who: Caller,
+    ) -> Result<Attr> {
+        check_name(name)?;
+        let dir = self.dir(parent)?;
+        let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
+        let perm = Mode::from_bits_truncate(mode & 0o7777);
+        mknodat(dir.as_fd(), name, kind, perm, rdev as libc::dev_t)?;
+        self.chown_new(&dir, name, who)?;
+        self.stat_at(&dir, name)
+    }
+
+    fn mkdir(&self, parent: &Path, name: &OsStr, mode: u32, who: Caller) -> Result<Attr> {
+        check_name(name)?;
+        let dir = self.dir(parent)?;
+        mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(mode & 0o7777))?;
+        self.chown_new(&dir, name, who)?;
+        self.stat_at(&dir, name)
+    }
+
+    fn unlink(&self, parent: &Path, name: &OsStr) -> Result<()> {
+        check_name(name)?;
+        let dir = self.dir(parent)?;
+        Ok(unlinkat(
+            dir.as_fd(),
+            name,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )?)
+    }
+
+    fn rmdir(&self, parent: &Path, name: &OsStr) -> Result<()> {
+        check_name(name)?;
+        let dir = self.dir(parent)?;
+        Ok(unlinkat(
+            dir.as_fd(),
+            name,
+            nix::unistd::UnlinkatFlags::RemoveDir,
+        )?)
+    }
+
+    fn symlink(&self, parent: &Path, name: &OsStr, target: &OsStr, who: Caller) -> Result<Attr> {
+        check_name(name)?;
+        let dir = self.dir(parent)?;
+        symlinkat(target, dir.as_fd(), name)?;
+        self.chown_new(&dir, name, who)?;
+        self.stat_at(&dir, name)
+    }
+
+    fn rename(
+        &self,
+        parent: &Path,
+        name: &OsStr,
+        new_parent: &Path,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        check_name(name)?;
+        check_name(new_name)?;
+        let from = self.dir(parent)?;
+        let to = self.dir(new_parent)?;
+        Ok(nix::fcntl::renameat2(
+            from.as_fd(),
+            name,
+            to.as_fd(),
+            new_name,
+            nix::fcntl::RenameFlags::from_bits_truncate(flags),
+        )?)
+    }
+
+    fn link(&self, path: &Path, new_parent: &Path, new_name: &OsStr) -> Result<Attr> {
+        check_name(new_name)?;
+        let (parent, name) = Self::split(path)?;
+        let from = self.dir(parent)?;
+        let to = self.dir(new_parent)?;
+        linkat(from.as_fd(), name, to.as_fd(), new_name, AtFlags::empty())?;
+        self.stat_at(&to, new_name)
+    }
+
+    fn open(&self, path: &Path, flags: i32) -> Result<Arc<dyn OpenFile>> {
+        let flags = backend_open_flags(flags) & !(libc::O_CREAT | libc::O_EXCL);
+        let fd = self.resolve(path, OFlag::from_bits_truncate(flags))?;
+        Ok(Arc::new(DirFile::new(fd)))
+    }
+
+    fn create(
+        &self,
+        parent: &Path,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        who: Caller,
+    ) -> Result<(Arc<dyn OpenFile>, Attr)> {
+        check_name(name)?;
+        let dir = self.dir(parent)?;
+        let base = backend_open_flags(flags) | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let perm = Mode::from_bits_truncate(mode & 0o7777);
+        let exclusive = OFlag::from_bits_truncate(base | libc::O_CREAT | libc::O_EXCL);
+        let fd = match nix::fcntl::openat(dir.as_fd(), name, exclusive, perm) {
+            Ok(fd) => {
+                self.chown_new(&dir, name, who)?;
+                fd
+            }
+            // The entry appeared (or was never visible to the kernel's cache): open what is there,
+            // unless the caller asked for exclusive creation.
+            Err(nix::errno::Errno::EEXIST) if flags & libc::O_EXCL == 0 => {
+                let plain = OFlag::from_bits_truncate(base & !libc::O_CREAT);
+                nix::fcntl::openat(dir.as_fd(), name, plain, Mode::empty())?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let file = DirFile::new(fd);
+        let attr = file.stat()?;
+        Ok((Arc::new(file), attr))
+    }
+
+    fn read_dir(&self, path: &Path) -> Result<Vec<DirEntry>> {
+        let fd = self.resolve(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let mut dir = nix::dir::Dir::from_fd(fd)?;
+        let mut out = Vec::new();
+        let raw = dir.as_raw_fd();
+        for entry in dir.iter() {
+            let entry = entry?;
+            let name = entry.file_name();
+            let bytes = name.to_bytes();
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
+            let kind = match entry.file_type() {
+                Some(t) => kind_from_dirent(t),
+                None => {
+                    // SAFETY: `raw` is the directory descriptor owned by `dir`, alive for this
+                    // loop; fstatat only reads the name.
+                    let dirfd = unsafe { BorrowedFd::borrow_raw(raw) };
+                    match fstatat(dirfd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                        Ok(st) => FileKind::from_mode(st.st_mode).unwrap_or(FileKind::File),
+                        // Gone since the listing: skip it, as a later readdir would.
+                        Err(nix::errno::Errno::ENOENT) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            out.push(DirEntry {
+                name: OsStr::from_bytes(bytes).to_os_string(),
+                kind,
+            });
+        }
+        Ok(out)
+    }
+
+    fn statfs(&self) -> Result<StatFs> {
+        let s = nix::sys::statvfs::fstatvfs(self.root.as_fd())?;
+        Ok(StatFs {
+            blocks: s.blocks(),
+            bfree: s.blocks_free(),
+            bavail: s.blocks_available(),
+            files: s.files(),
+            ffree: s.files_free(),
+            bsize: s.block_size() as u32,
+            namelen: s.name_max() as u32,
+            frsize: s.fragment_size() as u32,
+        })
+    }
+
+    fn getxattr(&self, path: &Path, name: &OsStr) -> Result<Vec<u8>> {
+        let target = self.target(path)?;
+        let name = cstring(name)?;
+        with_proc_path(target.as_fd(), |proc| {
+            xattr_read(|buf| {
+                // SAFETY: `proc` and `name` are NUL-terminated; `buf` is valid for its length
+                // (null with length 0 asks for the size).
+                unsafe {
+                    libc::getxattr(
+                        proc.as_ptr(),
+                        name.as_ptr(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    )
+                }
+            })
+        })
+    }
+
+    fn setxattr(&self, path: &Path, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let target = self.target(path)?;
+        let name = cstring(name)?;
+        with_proc_path(target.as_fd(), |proc| {
+            // SAFETY: `proc` and `name` are NUL-terminated; `value` is valid for its length.
+            let rc = unsafe {
+                libc::setxattr(
+                    proc.as_ptr(),
+                    name.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    flags,
+                )
+            };
+            errno_result(rc as isize).map(drop)
+        })
+    }
+
+    fn listxattr(&self, path: &Path) -> Result<Vec<u8>> {
+        let target = self.target(path)?;
+        with_proc_path(target.as_fd(), |proc| {
+            xattr_read(|buf| {
+                // SAFETY: `proc` is NUL-terminated; `buf` is valid for its length.
+                unsafe { libc::listxattr(proc.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
+            })
+        })
+    }
+
+    fn removexattr(&self, path: &Path, name: &OsStr) -> Result<()> {
+        let target = self.target(path)?;
+        let name = cstring(name)?;
+        with_proc_path(target.as_fd(), |proc| {
+            // SAFETY: both strings are NUL-terminated.
+            let rc = unsafe { libc::removexattr(proc.as_ptr(), name.as_ptr()) };
+            errno_result(rc as isize).map(drop)
+        })
+    }
+}
+
+/// A file open on a [`DirBackend`].
+#[derive(Debug)]
+pub struct DirFile {
+    file: File,
+}
+
+impl DirFile {
+    fn new(fd: OwnedFd) -> Self {
+        DirFile {
+            file: File::from(fd),
+        }
+    }
+}
+
+impl OpenFile for DirFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if done > 0 => {
+                    tracing::debug!(error = %e, "short read after partial success");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(done)
+    }
+
+    fn write_at(&self, data: &[u8], offset: u64) -> Result<usize> {
+        let mut done = 0;
+        while done < data.len() {
+            match self.file.write_at(&data[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) if done > 0 => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(done)
+    }
+
+    fn flush(&self) -> Result<()> {
+        // Closing a duplicate reports delayed write errors (NFS and friends) without closing the
+        // descriptor other users of the handle still need.
+        let dup = nix::unistd::dup(self.file.as_fd())?;
+        let raw = std::os::fd::IntoRawFd::into_raw_fd(dup);
+        // SAFETY: `raw` was just created by dup and is owned by nobody else.
+        let rc = unsafe { libc::close(raw) };
+        errno_result(rc as isize).map(drop)
+    }
+
+    fn fsync(&self, datasync: bool) -> Result<()> {
+        if datasync {
+            self.file.sync_data()?;
+        } else {
+            self.file.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn stat(&self) -> Result<Attr> {
+        Ok(attr_from_stat(&fstat(self.file.as_fd())?))
+    }
+
+    fn setattr(&self, set: &SetAttr) -> Result<Attr> {
+        if let Some(size) = set.size {
+            nix::unistd::ftruncate(self.file.as_fd(), size_to_off(size)?)?;
+        }
+        with_proc_path(self.file.as_fd(), |proc| {
+            apply_owner_mode_times(self.file.as_fd(), proc, set)
+        })?;
+        self.stat()
+    }
+
+    fn allocate(&self, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let flags = nix::fcntl::FallocateFlags::from_bits_truncate(mode);
+        nix::fcntl::fallocate(
+            self.file.as_fd(),
+            flags,
+            size_to_off(offset)?,
+            size_to_off(len)?,
+        )?;
+        Ok(())
+    }
+
+    fn seek(&self, offset: i64, whence: i32) -> Result<i64> {
+        // SAFETY: plain syscall on a descriptor we own. Our reads and writes carry explicit
+        // offsets, so moving the descriptor's own offset disturbs nobody.
+        let rc = unsafe { libc::lseek(self.file.as_raw_fd(), offset, whence) };
+        errno_result(rc as isize).map(|v| v as i64)
+    }
+
+    fn copy_range(&self, off_in: u64, dst: &dyn OpenFile, off_out: u64, len: u64) -> Result<usize> {
+        let Some(dst) = dst.as_any().downcast_ref::<DirFile>() else {
+            // Different backends: let the kernel fall back to read + write.
+            return Err(Error::posix(libc::EXDEV));
+        };
+        let mut off_in = size_to_off(off_in)?;
+        let mut off_out = size_to_off(off_out)?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        Ok(nix::fcntl::copy_file_range(
+            self.file.as_fd(),
+            Some(&mut off_in),
+            dst.file.as_fd(),
+            Some(&mut off_out),
+            len,
+        )?)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// Apply owner, mode and times (in that order, so that a chown that clears set-ID bits cannot undo
+/// a mode given in the same request) to the file held by `fd`, whose own link is `proc`.
+fn apply_owner_mode_times(fd: BorrowedFd<'_>, proc: &CStr, set: &SetAttr) -> Result<()> {
+    if set.uid.is_some() || set.gid.is_some() {
+        fchownat(
+            fd,
+            "",
+            set.uid.map(Uid::from_raw),
+            set.gid.map(Gid::from_raw),
+            AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+    }
+    if let Some(mode) = set.mode {
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            proc,
+            Mode::from_bits_truncate(mode & 0o7777),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )?;
+    }
+    if set.atime.is_some() || set.mtime.is_some() {
+        let ts = |t: Option<SetTime>| match t {
+            None => TimeSpec::UTIME_OMIT,
+            Some(SetTime::Now) => TimeSpec::UTIME_NOW,
+            Some(SetTime::At(t)) => timespec(t),
+        };
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            proc,
+            &ts(set.atime),
+            &ts(set.mtime),
+            nix::sys::stat::UtimensatFlags::FollowSymlink,
+        )?;
+    }
+    Ok(())
+}
+
+/// Open flags that make sense on the backend: `O_DIRECT` would demand aligned buffers the FUSE
+/// path does not promise, and the kernel already handled `O_NOCTTY`.
+fn backend_open_flags(flags: i32) -> i32 {
+    flags & !(libc::O_DIRECT | libc::O_NOCTTY)
+}
+
+/// A name must be one path component.
+fn check_name(name: &OsStr) -> Result<()> {
+    let b = name.as_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+        return Err(Error::invalid(libc::EINVAL));
+    }
+    Ok(())
+}
+
+fn cstring(s: &OsStr) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(s.as_bytes()).map_err(|_| Error::invalid(libc::EINVAL))
+}
+
+/// Run `f` with `/proc/self/fd/N` for `fd`: a path that names exactly the file the descriptor
+/// holds, usable by calls that have no descriptor form for `O_PATH` descriptors.
+fn with_proc_path<T>(fd: BorrowedFd<'_>, f: impl FnOnce(&CStr) -> Result<T>) -> Result<T> {
+    let mut buf = [0u8; 40];
+    let len = {
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        write!(cursor, "/proc/self/fd/{}", fd.as_raw_fd())
+            .map_err(|_| Error::invalid(libc::EIO))?;
+        cursor.position() as usize
+    };
+    let c = CStr::from_bytes_with_nul(&buf[..=len]).map_err(|_| Error::invalid(libc::EIO))?;
+    f(c)
+}
+
+/// Call an xattr getter twice if needed: once for the size, once for the value.
+fn xattr_read(mut call: impl FnMut(&mut [u8]) -> isize) -> Result<Vec<u8>> {
+    loop {
+        let size = errno_result(call(&mut []))?;
+        let mut buf = vec![0u8; size as usize];
+        match errno_result(call(&mut buf)) {
+            Ok(n) => {
+                buf.truncate(n as usize);
+                return Ok(buf);
+            }
+            // The value grew between the two calls: ask again.
+            Err(e) if e.errno() == libc::ERANGE => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn errno_result(rc: isize) -> Result<isize> {
+    if rc < 0 {
+        Err(Error::from_errno(nix::errno::Errno::last_raw()))
+    } else {
+        Ok(rc)
+    }
+}
+
+fn size_to_off(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::posix(libc::EFBIG))
+}
+
+fn kind_from_dirent(t: nix::dir::Type) -> FileKind {
+    use nix::dir::Type;
+    match t {
+        Type::Fifo => FileKind::Fifo,
+        Type::CharacterDevice => FileKind::CharDev,
+        Type::Directory => FileKind::Dir,
+        Type::BlockDevice => FileKind::BlockDev,
+        Type::File => FileKind::File,
+        Type::Symlink => FileKind::Symlink,
+        Type::Socket => FileKind::Socket,
+    }
+}
+
+fn system_time(secs: i64, nsecs: i64) -> SystemTime {
+    let nsecs = nsecs.clamp(0, 999_999_999) as u32;
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs)
+    } else {
+        // secs is negative and nsecs counts forward from it.
+        UNIX_EPOCH - Duration::new(secs.unsigned_abs(), 0) + Duration::new(0, nsecs)
+    }
+}
+
+fn timespec(t: SystemTime) -> TimeSpec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => TimeSpec::new(d.as_secs() as i64, d.subsec_nanos() as i64),
+        Err(e) => {
+            let d = e.duration();
+            let mut secs = -(d.as_secs() as i64);
+            let mut nsecs = -(d.subsec_nanos() as i64);
+            if nsecs < 0 {
+                secs -= 1;
+                nsecs += 1_000_000_000;
+            }
+            TimeSpec::new(secs, nsecs)
+        }
+    }
+}
+
+/// Convert a `stat` result.
+pub(crate) fn attr_from_stat(st: &libc::stat) -> Attr {
+    Attr {
+        kind: FileKind::from_mode(st.st_mode).unwrap_or(FileKind::File),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        blksize: st.st_blksize as u32,
+        atime: system_time(st.st_atime, st.st_atime_nsec),
+        mtime: system_time(st.st_mtime, st.st_mtime_nsec),
+        ctime: system_time(st.st_ctime, st.st_ctime_nsec),
+        id: FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> (tempfile::TempDir, DirBackend) {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("vol")).unwrap();
+        let b = DirBackend::open(&tmp.path().join("vol")).unwrap();
+        (tmp, b)
+    }
+
+    #[test]
+    fn symlinked_directory_is_never_followed() {
+        let (tmp, b) = backend();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, tmp.path().join("vol/link")).unwrap();
+        // The symlink itself is visible as a symlink.
+        assert_eq!(b.stat(Path::new("link")).unwrap().kind, FileKind::Symlink);
+        // Nothing beneath it is reachable: the walk refuses the symlink (ELOOP, or ENOTDIR where
+        // a directory was required).
+        let refused = |e: Error| assert!(matches!(e.errno(), libc::ELOOP | libc::ENOTDIR), "{e}");
+        refused(b.stat(Path::new("link/secret")).unwrap_err());
+        refused(
+            b.open(Path::new("link/secret"), libc::O_RDONLY)
+                .err()
+                .unwrap(),
+        );
+        refused(b.read_dir(Path::new("link")).unwrap_err());
+        refused(
+            b.create(
+                Path::new("link"),
+                OsStr::new("f"),
+                0o644,
+                libc::O_RDWR,
+                Caller::ROOT,
+            )
+            .err()
+            .unwrap(),
+        );
+        refused(
+            b.getxattr(Path::new("link/secret"), OsStr::new("user.x"))
+                .unwrap_err(),
+        );
+        assert!(!outside.join("f").exists());
+    }
+
+    #[test]
+    fn dotdot_and_absolute_paths_stay_beneath() {
+        let (_tmp, b) = backend();
+        for p in ["../outside", "/etc/passwd", "a/../../x"] {
+            let e = b.stat(Path::new(p)).unwrap_err();
+            assert!(
+                matches!(e.errno(), libc::EXDEV | libc::ENOENT | libc::EINVAL),
+                "{p}: {e}"
+            );
+        }
+        let e = b
+            .mkdir(Path::new(""), OsStr::new(".."), 0o755, Caller::ROOT)
+            .unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
+    }
+
+    #[test]
+    fn setattr_on_symlink_never_touches_target() {
+        let (tmp, b) = backend();
+        let outside = tmp.path().join("target");
+        std::fs::write(&outside, b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, tmp.path().join("vol/l")).unwrap();
+        let before = std::fs::metadata(&outside).unwrap();
+        let set = SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        };
+        let _ = b.setattr(Path::new("l"), &set);
+        let set = SetAttr {
+            size: Some(0),
+            ..Default::default()
+        };
+        assert!(b.setattr(Path::new("l"), &set).is_err());
+        let after = std::fs::metadata(&outside).unwrap();
+        assert_eq!(before.len(), after.len());
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&before.permissions()),
+            std::os::unix::fs::PermissionsExt::mode(&after.permissions())
+        );
+    }
+
+    #[test]
+    fn create_read_write_roundtrip() {
+        let (_tmp, b) = backend();
+        let (f, attr) = b
+            .create(
+                Path::new(""),
+                OsStr::new("f"),
+                0o640,
+                libc::O_RDWR,
+                Caller::ROOT,
+            )
+            .unwrap();
+        assert_eq!(attr.kind, FileKind::File);
+        assert_eq!(attr.perm, 0o640);
+        assert_eq!(f.write_at(b"hello", 3).unwrap(), 5);
+        let mut buf = [0u8; 16];
+        let n = f.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], b"\0\0\0hello");
+        let names: Vec<_> = b.read_dir(Path::new("")).unwrap();
+        assert_eq!(names.len(), 1);
+        assert_eq!(names[0].name, "f");
+    }
+
+    #[test]
+    fn negative_times_roundtrip() {
+        let t = UNIX_EPOCH - Duration::new(5, 250);
+        let ts = timespec(t);
+        assert_eq!(system_time(ts.tv_sec(), ts.tv_nsec()), t);
+    }
+}

@@ -1,0 +1,274 @@
+//! Mounting and unmounting.
+//!
+//! Invariants:
+//! - [`Mounted::unmount`] always leaves the mount point clean: a plain unmount first; when files
+//!   are still open (`EBUSY`), a lazy detach, so no "Transport endpoint is not connected" mount is
+//!   ever left behind; if the connection is still held open after the grace period, it is
+//!   aborted so the worker threads end.
+//! - Dropping a [`Mounted`] unmounts it the same way (a test that fails still unmounts).
+//! - With `fusermount3` available the mount uses `auto_unmount`, so even `kill -9` of the
+//!   process leaves no dead mount behind: the helper unmounts when our descriptor closes.
+
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fuser::{BackgroundSession, MountOption, Notifier, Session, SessionACL};
+use nix::mount::{MntFlags, umount2};
+
+use super::FuseFs;
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Mount point.
+    pub path: PathBuf,
+    /// Read-only mount.
+    pub read_only: bool,
+    /// `allow_other`.
+    pub allow_other: bool,
+    /// Worker threads.
+    pub threads: usize,
+    /// Source name shown in `/proc/mounts` (`failoverfs:<primary>`).
+    pub fsname: String,
+}
+
+/// How an unmount went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmounted {
+    /// Unmounted normally.
+    Clean,
+    /// Files were open: detached lazily.
+    Detached,
+    /// Already unmounted by someone else.
+    Gone,
+}
+
+/// A live mount; see the module docs.
+pub struct Mounted {
+    path: PathBuf,
+    session: Option<BackgroundSession>,
+    notifier: Notifier,
+    connection: Option<u64>,
+    auto_unmount: bool,
+}
+
+impl Mounted {
+    /// Mount `fs` at `opts.path` and start serving it.
+    pub fn mount(fs: FuseFs, opts: &MountOptions) -> io::Result<Mounted> {
+        let mut cfg = fuser::Config::default();
+        let mut options = vec![
+            MountOption::FSName(opts.fsname.clone()),
+            MountOption::Subtype("failoverfs".into()),
+            MountOption::DefaultPermissions,
+            MountOption::NoSuid,
+            MountOption::NoDev,
+            if opts.read_only {
+                MountOption::RO
+            } else {
+                MountOption::RW
+            },
+        ];
+        let root = nix::unistd::geteuid().is_root();
+        cfg.acl = if opts.allow_other {
+            SessionACL::All
+        } else if root {
+            SessionACL::RootAndOwner
+        } else {
+            SessionACL::Owner
+        };
+        let auto_unmount = cfg.acl != SessionACL::Owner && fusermount_available();
+        if auto_unmount {
+            options.push(MountOption::AutoUnmount);
+        } else {
+            tracing::warn!(
+                "fusermount3 not found (Debian package fuse3) or allow_other off as non-root: \
+                 mounting without auto_unmount, so a crash would leave a dead mount"
+            );
+        }
+        cfg.mount_options = options;
+        cfg.n_threads = Some(opts.threads.max(1));
+        cfg.clone_fd = true;
+
+        let session = Session::new(fs, &opts.path, &cfg)?;
+        let notifier = session.notifier();
+        let session = session.spawn()?;
+        let connection = std::fs::metadata(&opts.path)
+            .ok()
+            .map(|md| libc::minor(std::os::unix::fs::MetadataExt::dev(&md)) as u64);
+        Ok(Mounted {
+            path: opts.path.clone(),
+            session: Some(session),
+            notifier,
+            connection,
+            auto_unmount,
+        })
+    }
+
+    /// The kernel cache-invalidation handle. Never use it from a FUSE worker thread.
+    pub fn notifier(&self) -> Notifier {
+        self.notifier.clone()
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the kernel connection is still served (false once unmounted from outside).
+    pub fn is_serving(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| !s.guard.is_finished())
+    }
+
+    /// Whether the mount uses `auto_unmount`.
+    pub fn auto_unmount(&self) -> bool {
+        self.auto_unmount
+    }
+
+    /// Unmount (lazily if busy) and stop the workers, waiting at most `grace` for open files to
+    /// let go of the connection before aborting it.
+    pub fn unmount(mut self, grace: Duration) -> io::Result<Unmounted> {
+        self.unmount_inner(grace)
+    }
+
+    fn unmount_inner(&mut self, grace: Duration) -> io::Result<Unmounted> {
+        let Some(session) = self.session.take() else {
+            return Ok(Unmounted::Gone);
+        };
+        let outcome = if session.guard.is_finished() {
+            Unmounted::Gone
+        } else {
+            match umount2(&self.path, MntFlags::empty()) {
+                Ok(()) => Unmounted::Clean,
+                Err(nix::errno::Errno::EBUSY) => {
+                    tracing::info!(path = %self.path.display(), "mount busy: detaching lazily");
+                    umount2(&self.path, MntFlags::MNT_DETACH)?;
+                    Unmounted::Detached
+                }
+                Err(nix::errno::Errno::EINVAL) => Unmounted::Gone,
+                Err(nix::errno::Errno::EPERM) => {
+                    // Not root: the setuid helper unmounts for us.
+                    fusermount_unmount(&self.path)?;
+                    Unmounted::Detached
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if !wait_finished(&session, grace) {
+            tracing::warn!(
+                path = %self.path.display(),
+                "files still open after the unmount: aborting the FUSE connection"
+            );
+            self.abort_connection();
+            wait_finished(&session, Duration::from_secs(2));
+        }
+        if session.guard.is_finished() {
+            // Drops the auto_unmount helper's socket and joins the session thread.
+            if let Err(e) = session.umount_and_join() {
+                tracing::debug!(error = %e, "session ended with an error");
+            }
+        } else {
+            tracing::error!(path = %self.path.display(), "FUSE session did not stop");
+        }
+        Ok(outcome)
+    }
+
+    fn abort_connection(&self) {
+        let Some(conn) = self.connection else { return };
+        let dir = Path::new("/sys/fs/fuse/connections");
+        let abort = dir.join(conn.to_string()).join("abort");
+        if !abort.exists() {
+            // fusectl may not be mounted yet (containers): mounting it is harmless.
+            let _ = nix::mount::mount(
+                Some("fusectl"),
+                dir,
+                Some("fusectl"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            );
+        }
+        if let Err(e) = std::fs::write(&abort, b"1") {
+            tracing::debug!(error = %e, path = %abort.display(), "cannot abort FUSE connection");
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.session.is_some()
+            && let Err(e) = self.unmount_inner(Duration::from_millis(500))
+        {
+            tracing::warn!(error = %e, path = %self.path.display(), "unmount failed");
+        }
+    }
+}
+
+fn wait_finished(session: &BackgroundSession, grace: Duration) -> bool {
+    let deadline = Instant::now() + grace;
+    while !session.guard.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+fn fusermount_available() -> bool {
+    if let Some(p) = std::env::var_os("FUSERMOUNT_PATH") {
+        return Path::new(&p).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join("fusermount3").is_file()))
+}
+
+fn fusermount_unmount(path: &Path) -> io::Result<()> {
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg("--")
+        .arg(path)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("fusermount3 -u failed: {status}")))
+    }
+}
+
+/// Whether `path` is currently a FUSE mount point of failoverfs, per `/proc/self/mountinfo`.
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.as_os_str().as_bytes();
+    info.split(|&b| b == b'\n').any(|line| {
+        let mut fields = line.split(|&b| b == b' ');
+        let mount_point = fields.nth(4).map(unescape_mountinfo);
+        let is_fuse = line.windows(b" - fuse".len()).any(|w| w == b" - fuse");
+        is_fuse && mount_point.as_deref() == Some(want)
+    })
+}
+
+fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] == b'\\' && i + 3 < field.len() {
+            let oct = &field[i + 1..i + 4];
+            if let Ok(s) = std::str::from_utf8(oct)
+                && let Ok(v) = u8::from_str_radix(s, 8)
+            {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(field[i]);
+        i += 1;
+    }
+    out
+}

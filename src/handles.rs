@@ -1,0 +1,260 @@
+//! Open file and directory handles.
+//!
+//! The kernel holds a handle number for every `open` and `opendir`; we map it to the inode, the
+//! open flags, and the backend file it is bound to, together with the route generation that file
+//! was opened under.
+//!
+//! Invariants:
+//! - A handle is bound to at most one backend file at a time, opened on the volume of the
+//!   generation recorded next to it. When an operation arrives under a newer generation, the
+//!   handle is re-opened by path on the current volume (same flags minus `O_CREAT`, `O_EXCL`,
+//!   `O_TRUNC`) before the operation runs; reads and writes carry explicit offsets, so the handle
+//!   simply continues. If the file is gone from the new volume, the handle turns stale and answers
+//!   `ESTALE` (or the configured errno) from then on.
+//! - Handle numbers are never reused within a process.
+//! - No global lock: the table is sharded, and each handle has its own small lock, held only to
+//!   read or replace its binding (never across backend I/O).
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::backend::{FileKind, OpenFile};
+use crate::error::{Error, Result};
+
+const SHARDS: usize = 64;
+
+/// An open regular file.
+pub struct FileHandle {
+    /// The inode the handle was opened on.
+    pub ino: u64,
+    /// Open flags as the kernel passed them.
+    pub flags: i32,
+    bound: Mutex<Binding>,
+}
+
+enum Binding {
+    Open {
+        generation: u64,
+        file: Arc<dyn OpenFile>,
+    },
+    Stale,
+}
+
+/// What a re-open found.
+pub enum Reopen {
+    /// The file was opened on the current volume.
+    Opened(Arc<dyn OpenFile>),
+    /// The file does not exist there: the handle turns stale.
+    Gone,
+}
+
+impl FileHandle {
+    /// The backend file for an operation running under `generation`; re-opened through `reopen`
+    /// when the handle belongs to an older generation. `stale_errno` is what a stale handle
+    /// answers.
+    pub fn file(
+        &self,
+        generation: u64,
+        stale_errno: i32,
+        reopen: impl FnOnce() -> Result<Reopen>,
+    ) -> Result<Arc<dyn OpenFile>> {
+        {
+            let b = self.bound.lock();
+            match &*b {
+                Binding::Open {
+                    generation: g,
+                    file,
+                } if *g >= generation => return Ok(file.clone()),
+                Binding::Stale => return Err(Error::stale(stale_errno)),
+                Binding::Open { .. } => {}
+            }
+        }
+        // Re-open outside the lock; if two operations race, the first binding wins and the other
+        // file is simply closed.
+        let opened = reopen()?;
+        let mut b = self.bound.lock();
+        match (&*b, opened) {
+            (
+                Binding::Open {
+                    generation: g,
+                    file,
+                },
+                _,
+            ) if *g >= generation => Ok(file.clone()),
+            (Binding::Stale, _) => Err(Error::stale(stale_errno)),
+            (_, Reopen::Opened(file)) => {
+                *b = Binding::Open {
+                    generation,
+                    file: file.clone(),
+                };
+                Ok(file)
+            }
+            (_, Reopen::Gone) => {
+                tracing::warn!(
+                    ino = self.ino,
+                    "open handle has no file on the new volume; it answers ESTALE from now on"
+                );
+                *b = Binding::Stale;
+                Err(Error::stale(stale_errno))
+            }
+        }
+    }
+
+    /// The generation the handle is bound to, or `None` when it is stale.
+    pub fn generation(&self) -> Option<u64> {
+        match &*self.bound.lock() {
+            Binding::Open { generation, .. } => Some(*generation),
+            Binding::Stale => None,
+        }
+    }
+
+    /// The currently bound file, whatever its generation (used by `getattr` of an unlinked file).
+    pub fn current(&self) -> Option<Arc<dyn OpenFile>> {
+        match &*self.bound.lock() {
+            Binding::Open { file, .. } => Some(file.clone()),
+            Binding::Stale => None,
+        }
+    }
+}
+
+/// One listed directory entry, resolved to our inode number when we know it.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    /// Entry name (`.` and `..` included, first).
+    pub name: OsString,
+    /// Entry type.
+    pub kind: FileKind,
+}
+
+/// An open directory: a listing taken at the first `readdir` from offset 0 and served from
+/// memory after, so offsets stay valid across a switch of volume.
+pub struct DirHandle {
+    /// The directory's inode.
+    pub ino: u64,
+    listing: Mutex<Option<Arc<Vec<Listed>>>>,
+}
+
+impl DirHandle {
+    /// The listing; taken (again) when `offset` is 0 or none was taken yet.
+    pub fn listing(
+        &self,
+        offset: u64,
+        list: impl FnOnce() -> Result<Vec<Listed>>,
+    ) -> Result<Arc<Vec<Listed>>> {
+        if offset != 0
+            && let Some(l) = &*self.listing.lock()
+        {
+            return Ok(l.clone());
+        }
+        let fresh = Arc::new(list()?);
+        *self.listing.lock() = Some(fresh.clone());
+        Ok(fresh)
+    }
+}
+
+/// A handle of either kind.
+pub enum Handle {
+    /// From `open` or `create`.
+    File(FileHandle),
+    /// From `opendir`.
+    Dir(DirHandle),
+}
+
+type Shard = RwLock<HashMap<u64, Arc<Handle>>>;
+
+/// The handle table; see the module docs.
+pub struct HandleTable {
+    shards: Box<[Shard]>,
+    next: AtomicU64,
+}
+
+impl Default for HandleTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HandleTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        HandleTable {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn shard(&self, fh: u64) -> &Shard {
+        &self.shards[(fh as usize) % SHARDS]
+    }
+
+    fn insert(&self, h: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        self.shard(fh).write().insert(fh, Arc::new(h));
+        fh
+    }
+
+    /// Register an open file bound to `file` under `generation`.
+    pub fn open_file(&self, ino: u64, flags: i32, generation: u64, file: Arc<dyn OpenFile>) -> u64 {
+        self.insert(Handle::File(FileHandle {
+            ino,
+            flags,
+            bound: Mutex::new(Binding::Open { generation, file }),
+        }))
+    }
+
+    /// Register an open directory.
+    pub fn open_dir(&self, ino: u64) -> u64 {
+        self.insert(Handle::Dir(DirHandle {
+            ino,
+            listing: Mutex::new(None),
+        }))
+    }
+
+    /// Look up a handle.
+    pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.shard(fh).read().get(&fh).cloned()
+    }
+
+    /// Look up a file handle; `EBADF` for anything else.
+    pub fn file(&self, fh: u64) -> Result<Arc<Handle>> {
+        match self.get(fh) {
+            Some(h) if matches!(*h, Handle::File(_)) => Ok(h),
+            _ => Err(Error::invalid(libc::EBADF)),
+        }
+    }
+
+    /// Forget a handle (`release`, `releasedir`).
+    pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.shard(fh).write().remove(&fh)
+    }
+
+    /// Any open file bound to `ino` (for `getattr` of an unlinked file still open). Walks the
+    /// table: only used on that rare path.
+    pub fn any_file_of(&self, ino: u64) -> Option<Arc<dyn OpenFile>> {
+        for shard in self.shards.iter() {
+            for h in shard.read().values() {
+                if let Handle::File(f) = &**h
+                    && f.ino == ino
+                    && let Some(file) = f.current()
+                {
+                    return Some(file);
+                }
+            }
+        }
+        None
+    }
+
+    /// Number of open handles.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// Whether no handle is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

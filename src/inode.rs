@@ -1,0 +1,696 @@
+//! The inode table: failoverfs's own inode numbers, mapped to places in the volume.
+//!
+//! The kernel knows files by inode number. The numbers are ours, not the backend's: each maps to
+//! a place (parent inode + name), so the same path keeps the same number when the route switches
+//! to another volume whose own inode numbers mean nothing to us.
+//!
+//! Invariants:
+//! - Inode numbers are never reused within a process (a 64-bit counter), so the generation number
+//!   the kernel sees is always 0.
+//! - A node stays in the table while the kernel holds lookups on it (`nlookup > 0`), or while a
+//!   child is still mapped beneath it; `forget` brings the count down and frees the node, so a walk
+//!   over a million files costs memory only while the kernel caches them.
+//! - Every name mapped in a directory's `children` refers to a node that exists, and that node
+//!   lists the name among its places. Rename, unlink and link keep both sides in step.
+//! - A node may have several places (hard links). Nodes whose last place was unlinked are
+//!   *detached*: still valid for open handles and until `forget`, but they have no path.
+//! - Hard links are recognised by the backend's file identity, remembered per route generation
+//!   only: a new generation starts with an empty identity index.
+//! - No global lock: nodes live in shards by inode number, and an operation that spans nodes
+//!   locks their shards in ascending shard order, then re-checks what it read before locking.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, MutexGuard};
+use smallvec::SmallVec;
+
+use crate::backend::{FileId, FileKind};
+use crate::error::{Error, Result};
+
+/// The root directory's inode number, fixed by FUSE.
+pub const ROOT: u64 = 1;
+
+const SHARDS: usize = 64;
+/// Deepest path we are willing to build; deeper means the table is corrupt.
+const MAX_DEPTH: usize = 4096;
+
+type Name = Arc<OsStr>;
+
+#[derive(Debug)]
+struct Node {
+    kind: FileKind,
+    /// Kernel lookup count.
+    nlookup: u64,
+    /// Places of this node: (parent, name). Empty when detached. The first is the primary.
+    places: SmallVec<[(u64, Name); 1]>,
+    /// Names mapped in this directory (empty for non-directories).
+    children: HashMap<Name, u64>,
+    /// Backend identity and the route generation it was observed under.
+    id: Option<(u64, FileId)>,
+}
+
+impl Node {
+    fn unreferenced(&self) -> bool {
+        self.nlookup == 0 && self.children.is_empty()
+    }
+
+    fn remove_place(&mut self, parent: u64, name: &OsStr) -> bool {
+        match self
+            .places
+            .iter()
+            .position(|(p, n)| *p == parent && **n == *name)
+        {
+            Some(i) => {
+                // Keep the order: the first remaining place becomes the primary.
+                self.places.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+type Shard = HashMap<u64, Node>;
+
+/// Counts for tests, metrics and the status API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableStats {
+    /// Nodes in the table, root included.
+    pub nodes: usize,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct InodeTable {
+    shards: Box<[Mutex<Shard>]>,
+    next: AtomicU64,
+    nodes: AtomicUsize,
+    /// Backend identity → inode, for the current generation: how hard links are recognised.
+    ids: Box<[Mutex<HashMap<FileId, u64>>]>,
+    id_generation: AtomicU64,
+}
+
+/// Shard guards held together, in ascending shard order.
+struct Locked<'a> {
+    guards: SmallVec<[(usize, MutexGuard<'a, Shard>); 4]>,
+}
+
+impl Locked<'_> {
+    fn shard(&mut self, ino: u64) -> &mut Shard {
+        let idx = shard_of(ino);
+        match self.guards.iter_mut().find(|(i, _)| *i == idx) {
+            Some((_, g)) => g,
+            // Every caller locks the shards of every inode it touches; reaching this is a bug in
+            // this module, caught by the tests.
+            None => unreachable!("shard {idx} not locked"),
+        }
+    }
+
+    fn node(&mut self, ino: u64) -> Option<&mut Node> {
+        self.shard(ino).get_mut(&ino)
+    }
+
+    fn child(&mut self, parent: u64, name: &OsStr) -> Option<u64> {
+        self.node(parent)
+            .and_then(|p| p.children.get(name).copied())
+    }
+}
+
+fn shard_of(ino: u64) -> usize {
+    (ino as usize) % SHARDS
+}
+
+impl Default for InodeTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InodeTable {
+    /// A table holding only the root.
+    pub fn new() -> Self {
+        let shards: Box<[Mutex<Shard>]> = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        shards[shard_of(ROOT)].lock().insert(
+            ROOT,
+            Node {
+                kind: FileKind::Dir,
+                nlookup: 1,
+                places: SmallVec::new(),
+                children: HashMap::new(),
+                id: None,
+            },
+        );
+        InodeTable {
+            shards,
+            next: AtomicU64::new(ROOT + 1),
+            nodes: AtomicUsize::new(1),
+            ids: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            id_generation: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self, inos: &[u64]) -> Locked<'_> {
+        let mut idx: SmallVec<[usize; 4]> = inos.iter().map(|&i| shard_of(i)).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        Locked {
+            guards: idx
+                .into_iter()
+                .map(|i| (i, self.shards[i].lock()))
+                .collect(),
+        }
+    }
+
+    fn ids_of(&self, id: &FileId) -> &Mutex<HashMap<FileId, u64>> {
+        let h = id.ino ^ id.dev.rotate_left(17);
+        &self.ids[(h as usize) % SHARDS]
+    }
+
+    /// Statistics.
+    pub fn stats(&self) -> TableStats {
+        TableStats {
+            nodes: self.nodes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The kind of an inode, if it is known.
+    pub fn kind(&self, ino: u64) -> Option<FileKind> {
+        self.shards[shard_of(ino)].lock().get(&ino).map(|n| n.kind)
+    }
+
+    /// The path of `ino` relative to the volume root (empty for the root). `ENOENT` when the
+    /// inode is detached (unlinked) or unknown.
+    pub fn path(&self, ino: u64) -> Result<PathBuf> {
+        let mut parts: SmallVec<[Name; 16]> = SmallVec::new();
+        let mut cur = ino;
+        let mut len = 0usize;
+        while cur != ROOT {
+            if parts.len() >= MAX_DEPTH {
+                return Err(Error::invalid(libc::ELOOP));
+            }
+            let shard = self.shards[shard_of(cur)].lock();
+            let node = shard.get(&cur).ok_or(Error::posix(libc::ENOENT))?;
+            let (parent, name) = node.places.first().ok_or(Error::posix(libc::ENOENT))?;
+            len += name.len() + 1;
+            parts.push(name.clone());
+            cur = *parent;
+        }
+        let mut path = OsString::with_capacity(len);
+        for (i, part) in parts.iter().rev().enumerate() {
+            if i > 0 {
+                path.push("/");
+            }
+            path.push(part);
+        }
+        Ok(PathBuf::from(path))
+    }
+
+    /// The parent of a directory, for `..` in listings (the root is its own parent).
+    pub fn parent(&self, ino: u64) -> u64 {
+        if ino == ROOT {
+            return ROOT;
+        }
+        self.shards[shard_of(ino)]
+            .lock()
+            .get(&ino)
+            .and_then(|n| n.places.first().map(|p| p.0))
+            .unwrap_or(ROOT)
+    }
+
+    /// The inode mapped at `parent/name`, if any, without counting a lookup.
+    pub fn peek(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        self.shards[shard_of(parent)]
+            .lock()
+            .get(&parent)
+            .and_then(|p| p.children.get(name).copied())
+    }
+
+    /// Record a kernel lookup of `parent/name`, found on the backend with `kind` and `id` under
+    /// route generation `generation`; returns its inode number (existing or new).
+    pub fn lookup(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        kind: FileKind,
+        id: FileId,
+        generation: u64,
+    ) -> Result<u64> {
+        loop {
+            let existing = {
+                let shard = self.shards[shard_of(parent)].lock();
+                let p = shard.get(&parent).ok_or(Error::posix(libc::ENOENT))?;
+                p.children.get(name).copied()
+            };
+            match existing {
+                Some(child) => {
+                    let mut l = self.lock(&[parent, child]);
+                    if l.child(parent, name) != Some(child) {
+                        continue;
+                    }
+                    let Some(node) = l.node(child) else {
+                        // A mapping to a missing node breaks an invariant; repair and retry.
+                        tracing::error!(parent, ?name, child, "inode table: dangling name");
+                        if let Some(p) = l.node(parent) {
+                            p.children.remove(name);
+                        }
+                        continue;
+                    };
+                    if node.kind == kind {
+                        node.nlookup += 1;
+                        node.id = Some((generation, id));
+                        drop(l);
+                        self.remember_id(child, kind, id, generation);
+                        return Ok(child);
+                    }
+                    // The name now holds a different type of file: the old node keeps living for
+                    // the kernel until it forgets it, the name gets a new node.
+                    node.remove_place(parent, name);
+                    if let Some(p) = l.node(parent) {
+                        p.children.remove(name);
+                    }
+                    drop(l);
+                    self.remove_if_unreferenced(child);
+                }
+                None => {
+                    if let Some(ino) = self.link_existing(parent, name, kind, id, generation)? {
+                        return Ok(ino);
+                    }
+                    let ino = self.next.fetch_add(1, Ordering::Relaxed);
+                    let mut l = self.lock(&[parent, ino]);
+                    let Some(p) = l.node(parent) else {
+                        return Err(Error::posix(libc::ENOENT));
+                    };
+                    if p.children.contains_key(name) {
+                        continue;
+                    }
+                    let name: Name = Arc::from(name);
+                    p.children.insert(name.clone(), ino);
+                    let mut places = SmallVec::new();
+                    places.push((parent, name));
+                    l.shard(ino).insert(
+                        ino,
+                        Node {
+                            kind,
+                            nlookup: 1,
+                            places,
+                            children: HashMap::new(),
+                            id: Some((generation, id)),
+                        },
+                    );
+                    drop(l);
+                    self.nodes.fetch_add(1, Ordering::Relaxed);
+                    self.remember_id(ino, kind, id, generation);
+                    return Ok(ino);
+                }
+            }
+        }
+    }
+
+    /// If `id` is a file we already know under another name, give it this name too.
+    fn link_existing(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        kind: FileKind,
+        id: FileId,
+        generation: u64,
+    ) -> Result<Option<u64>> {
+        if kind == FileKind::Dir || self.id_generation.load(Ordering::Acquire) != generation {
+            return Ok(None);
+        }
+        let Some(other) = self.ids_of(&id).lock().get(&id).copied() else {
+            return Ok(None);
+        };
+        let mut l = self.lock(&[parent, other]);
+        if l.node(parent).is_none() {
+            return Err(Error::posix(libc::ENOENT));
+        }
+        if l.child(parent, name).is_some() {
+            return Ok(None);
+        }
+        match l.node(other) {
+            Some(n) if n.kind == kind && n.id == Some((generation, id)) => {
+                let name: Name = Arc::from(name);
+                n.nlookup += 1;
+                n.places.push((parent, name.clone()));
+                if let Some(p) = l.node(parent) {
+                    p.children.insert(name, other);
+                }
+                Ok(Some(other))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn remember_id(&self, ino: u64, kind: FileKind, id: FileId, generation: u64) {
+        if kind != FileKind::Dir && self.id_generation.load(Ordering::Acquire) == generation {
+            self.ids_of(&id).lock().insert(id, ino);
+        }
+    }
+
+    fn forget_id(&self, ino: u64, id: Option<(u64, FileId)>) {
+        if let Some((_, id)) = id {
+            let mut m = self.ids_of(&id).lock();
+            if m.get(&id) == Some(&ino) {
+                m.remove(&id);
+            }
+        }
+    }
+
+    /// Start a new route generation: backend identities seen before mean nothing any more.
+    pub fn begin_generation(&self, generation: u64) {
+        self.id_generation.store(generation, Ordering::Release);
+        for shard in self.ids.iter() {
+            shard.lock().clear();
+        }
+    }
+
+    /// The kernel dropped `n` lookups of `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        {
+            let mut shard = self.shards[shard_of(ino)].lock();
+            let Some(node) = shard.get_mut(&ino) else {
+                return;
+            };
+            node.nlookup = node.nlookup.saturating_sub(n);
+            if !node.unreferenced() {
+                return;
+            }
+        }
+        self.remove_if_unreferenced(ino);
+    }
+
+    /// Remove `ino` if nothing refers to it any more, then its parents if that left them bare.
+    fn remove_if_unreferenced(&self, ino: u64) {
+        let mut todo: SmallVec<[u64; 4]> = SmallVec::new();
+        todo.push(ino);
+        while let Some(ino) = todo.pop() {
+            if ino == ROOT {
+                continue;
+            }
+            let parents: SmallVec<[u64; 4]> = {
+                let shard = self.shards[shard_of(ino)].lock();
+                match shard.get(&ino) {
+                    Some(n) if n.unreferenced() => n.places.iter().map(|p| p.0).collect(),
+                    _ => continue,
+                }
+            };
+            let mut all = parents.clone();
+            all.push(ino);
+            let mut l = self.lock(&all);
+            let Some(node) = l.node(ino) else { continue };
+            let same_parents = node.places.len() == parents.len()
+                && node.places.iter().zip(&parents).all(|(a, b)| a.0 == *b);
+            if !node.unreferenced() || !same_parents {
+                // Changed under us: look again.
+                todo.push(ino);
+                continue;
+            }
+            let places = std::mem::take(&mut node.places);
+            let id = node.id;
+            l.shard(ino).remove(&ino);
+            for (parent, name) in &places {
+                if let Some(p) = l.node(*parent) {
+                    if p.children.get(&**name) == Some(&ino) {
+                        p.children.remove(&**name);
+                    }
+                    if p.unreferenced() {
+                        todo.push(*parent);
+                    }
+                }
+            }
+            drop(l);
+            self.nodes.fetch_sub(1, Ordering::Relaxed);
+            self.forget_id(ino, id);
+        }
+    }
+
+    /// `parent/name` was removed from the volume (unlink or rmdir).
+    pub fn unlink(&self, parent: u64, name: &OsStr) {
+        loop {
+            let Some(child) = self.peek(parent, name) else {
+                return;
+            };
+            let mut l = self.lock(&[parent, child]);
+            if l.child(parent, name) != Some(child) {
+                continue;
+            }
+            if let Some(p) = l.node(parent) {
+                p.children.remove(name);
+            }
+            if let Some(c) = l.node(child) {
+                c.remove_place(parent, name);
+            }
+            drop(l);
+            self.remove_if_unreferenced(child);
+            return;
+        }
+    }
+
+    /// `parent/name` was renamed to `new_parent/new_name` on the volume; with `exchange` the two
+    /// entries swapped places (`RENAME_EXCHANGE`).
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        exchange: bool,
+    ) {
+        loop {
+            let moved = self.peek(parent, name);
+            let target = self.peek(new_parent, new_name);
+            let mut inos: SmallVec<[u64; 4]> = SmallVec::new();
+            inos.push(parent);
+            inos.push(new_parent);
+            inos.extend(moved);
+            inos.extend(target);
+            let mut l = self.lock(&inos);
+            if l.child(parent, name) != moved || l.child(new_parent, new_name) != target {
+                continue;
+            }
+            if moved.is_some() && moved == target {
+                // Two names of one file: the volume did nothing, and neither do we.
+                return;
+            }
+            let from: Name = Arc::from(name);
+            let to: Name = Arc::from(new_name);
+            // Unmap both names, then map them again where they now belong.
+            if let Some(p) = l.node(parent) {
+                p.children.remove(name);
+            }
+            if let Some(p) = l.node(new_parent) {
+                p.children.remove(new_name);
+            }
+            let mut orphan = None;
+            if let Some(t) = target {
+                if let Some(n) = l.node(t) {
+                    if exchange {
+                        rename_place(n, new_parent, new_name, parent, from.clone());
+                    } else {
+                        n.remove_place(new_parent, new_name);
+                        orphan = Some(t);
+                    }
+                }
+                if exchange && let Some(p) = l.node(parent) {
+                    p.children.insert(from.clone(), t);
+                }
+            }
+            if let Some(m) = moved {
+                if let Some(n) = l.node(m) {
+                    rename_place(n, parent, name, new_parent, to.clone());
+                }
+                if let Some(p) = l.node(new_parent) {
+                    p.children.insert(to, m);
+                }
+            }
+            drop(l);
+            if let Some(t) = orphan {
+                self.remove_if_unreferenced(t);
+            }
+            return;
+        }
+    }
+
+    /// Every known inode and every known name, for invalidating the kernel's caches after the
+    /// volume underneath changed. Taken shard by shard: a consistent view is not needed, since
+    /// invalidating something that just changed is harmless.
+    pub fn snapshot(&self) -> (Vec<u64>, Vec<(u64, OsString)>) {
+        let mut inos = Vec::new();
+        let mut names = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for (ino, node) in shard.iter() {
+                inos.push(*ino);
+                for (name, _) in node.children.iter() {
+                    names.push((*ino, name.to_os_string()));
+                }
+            }
+        }
+        (inos, names)
+    }
+}
+
+fn rename_place(node: &mut Node, parent: u64, name: &OsStr, new_parent: u64, new_name: Name) {
+    match node
+        .places
+        .iter_mut()
+        .find(|(p, n)| *p == parent && **n == *name)
+    {
+        Some(place) => *place = (new_parent, new_name),
+        None => node.places.push((new_parent, new_name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ino: u64) -> FileId {
+        FileId { dev: 1, ino }
+    }
+
+    fn lookup(t: &InodeTable, parent: u64, name: &str, kind: FileKind, fid: u64) -> u64 {
+        t.lookup(parent, OsStr::new(name), kind, id(fid), 0)
+            .unwrap()
+    }
+
+    #[test]
+    fn same_name_same_inode_and_paths() {
+        let t = InodeTable::new();
+        let d = lookup(&t, ROOT, "d", FileKind::Dir, 10);
+        let f = lookup(&t, d, "f", FileKind::File, 11);
+        assert_eq!(lookup(&t, d, "f", FileKind::File, 11), f);
+        assert_eq!(t.path(f).unwrap(), PathBuf::from("d/f"));
+        assert_eq!(t.path(ROOT).unwrap(), PathBuf::new());
+        assert_eq!(t.stats().nodes, 3);
+    }
+
+    #[test]
+    fn forget_frees_and_cascades() {
+        let t = InodeTable::new();
+        let d = lookup(&t, ROOT, "d", FileKind::Dir, 10);
+        let f = lookup(&t, d, "f", FileKind::File, 11);
+        lookup(&t, d, "f", FileKind::File, 11);
+        t.forget(d, 1);
+        // d has no lookups left but still holds f.
+        assert_eq!(t.stats().nodes, 3);
+        t.forget(f, 1);
+        assert_eq!(t.stats().nodes, 3);
+        t.forget(f, 1);
+        assert_eq!(t.stats().nodes, 1, "f and then d are freed");
+        assert!(t.path(f).is_err());
+    }
+
+    #[test]
+    fn rename_moves_subtree_and_replaces_target() {
+        let t = InodeTable::new();
+        let a = lookup(&t, ROOT, "a", FileKind::Dir, 10);
+        let f = lookup(&t, a, "f", FileKind::File, 11);
+        let b = lookup(&t, ROOT, "b", FileKind::Dir, 12);
+        let victim = lookup(&t, b, "g", FileKind::File, 13);
+        t.rename(a, OsStr::new("f"), b, OsStr::new("g"), false);
+        assert_eq!(t.path(f).unwrap(), PathBuf::from("b/g"));
+        assert_eq!(t.peek(b, OsStr::new("g")), Some(f));
+        assert_eq!(t.peek(a, OsStr::new("f")), None);
+        assert!(t.path(victim).is_err(), "the replaced file is detached");
+        t.rename(ROOT, OsStr::new("b"), ROOT, OsStr::new("c"), false);
+        assert_eq!(t.path(f).unwrap(), PathBuf::from("c/g"));
+    }
+
+    #[test]
+    fn rename_exchange_swaps() {
+        let t = InodeTable::new();
+        let x = lookup(&t, ROOT, "x", FileKind::File, 10);
+        let y = lookup(&t, ROOT, "y", FileKind::Dir, 11);
+        t.rename(ROOT, OsStr::new("x"), ROOT, OsStr::new("y"), true);
+        assert_eq!(t.path(x).unwrap(), PathBuf::from("y"));
+        assert_eq!(t.path(y).unwrap(), PathBuf::from("x"));
+        assert_eq!(t.peek(ROOT, OsStr::new("x")), Some(y));
+    }
+
+    #[test]
+    fn hard_links_share_an_inode() {
+        let t = InodeTable::new();
+        let a = lookup(&t, ROOT, "a", FileKind::File, 10);
+        let b = lookup(&t, ROOT, "b", FileKind::File, 10);
+        assert_eq!(a, b);
+        t.unlink(ROOT, OsStr::new("a"));
+        assert_eq!(t.path(a).unwrap(), PathBuf::from("b"));
+        // A new generation forgets identities: the same backend id is a new file now.
+        t.begin_generation(1);
+        let c = t
+            .lookup(ROOT, OsStr::new("c"), FileKind::File, id(10), 1)
+            .unwrap();
+        assert_ne!(c, a);
+    }
+
+    #[test]
+    fn type_change_gets_new_inode() {
+        let t = InodeTable::new();
+        let a = lookup(&t, ROOT, "a", FileKind::File, 10);
+        let b = lookup(&t, ROOT, "a", FileKind::Dir, 11);
+        assert_ne!(a, b);
+        assert!(t.path(a).is_err());
+        assert_eq!(t.path(b).unwrap(), PathBuf::from("a"));
+    }
+
+    #[test]
+    fn unlink_detaches_until_forget() {
+        let t = InodeTable::new();
+        let a = lookup(&t, ROOT, "a", FileKind::File, 10);
+        t.unlink(ROOT, OsStr::new("a"));
+        assert_eq!(t.stats().nodes, 2);
+        assert!(t.path(a).is_err());
+        t.forget(a, 1);
+        assert_eq!(t.stats().nodes, 1);
+    }
+
+    #[test]
+    fn concurrent_lookups_and_forgets_balance() {
+        let t = Arc::new(InodeTable::new());
+        let dirs: Vec<u64> = (0..8)
+            .map(|i| lookup(&t, ROOT, &format!("d{i}"), FileKind::Dir, 1000 + i))
+            .collect();
+        let threads: Vec<_> = (0..4)
+            .map(|w| {
+                let t = t.clone();
+                let dirs = dirs.clone();
+                std::thread::spawn(move || {
+                    for round in 0..2000u64 {
+                        let d = dirs[((round + w) % 8) as usize];
+                        let name = format!("f{}", round % 50);
+                        let ino = t
+                            .lookup(
+                                d,
+                                OsStr::new(&name),
+                                FileKind::File,
+                                id(round % 50 + d * 100),
+                                0,
+                            )
+                            .unwrap();
+                        if round % 7 == 0 {
+                            t.rename(d, OsStr::new(&name), d, OsStr::new("tmp"), false);
+                            t.rename(d, OsStr::new("tmp"), d, OsStr::new(&name), false);
+                        }
+                        t.forget(ino, 1);
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        for d in dirs {
+            t.forget(d, 1);
+        }
+        assert_eq!(t.stats().nodes, 1, "everything forgotten is freed");
+    }
+}

@@ -1,0 +1,141 @@
+//! The `failoverfs` binary: parse the command line, load the configuration, run, and turn the
+//! outcome into an exit code (see [`failoverfs::exit::Exit`] and the README).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use failoverfs::config::{self, LogFormat, LogSettings, Overrides, Settings};
+use failoverfs::exit::Exit;
+
+/// A FUSE client that keeps one mount alive across the deletion of its volume by failing over
+/// to a standby volume.
+#[derive(Parser, Debug)]
+#[command(name = "failoverfs", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Mount the logical volume and serve it in the foreground until SIGINT or SIGTERM.
+    ///
+    /// Exit codes: 0 clean stop, 1 runtime failure, 2 usage or configuration error,
+    /// 3 volume deleted and no usable standby (do not restart).
+    Mount(MountArgs),
+    /// Validate the configuration, open each volume once, print a table, and exit 0 only when
+    /// the primary is usable (1 when it is not, 2 on a configuration error).
+    Check(CommonArgs),
+}
+
+#[derive(Args, Debug)]
+struct CommonArgs {
+    /// The TOML configuration file (see config/local.toml). Keys can also be set with
+    /// FAILOVERFS_<SECTION>__<KEY> environment variables, e.g. FAILOVERFS_MOUNT__THREADS=8.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: PathBuf,
+    /// Log filter, overriding log.level (e.g. "info" or "info,failoverfs=debug").
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Log format, overriding log.format.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormatArg>,
+}
+
+#[derive(Args, Debug)]
+struct MountArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Mount point, overriding mount.path.
+    #[arg(long, value_name = "DIR")]
+    mountpoint: Option<PathBuf>,
+    /// Mount read-only, overriding mount.read_only.
+    #[arg(long)]
+    read_only: bool,
+    /// Let every user access the mount (FUSE allow_other), overriding mount.allow_other.
+    #[arg(long)]
+    allow_other: bool,
+    /// FUSE worker threads, overriding mount.threads.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(f: LogFormatArg) -> Self {
+        match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+fn overrides(common: &CommonArgs, mount: Option<&MountArgs>) -> Overrides {
+    Overrides {
+        mount_path: mount.and_then(|m| m.mountpoint.clone()),
+        read_only: mount.and_then(|m| m.read_only.then_some(true)),
+        allow_other: mount.and_then(|m| m.allow_other.then_some(true)),
+        threads: mount.and_then(|m| m.threads),
+        log_level: common.log_level.clone(),
+        log_format: common.log_format.map(Into::into),
+    }
+}
+
+fn init_logging(log: &LogSettings) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn load(common: &CommonArgs, mount: Option<&MountArgs>) -> Result<Settings, Exit> {
+    config::load_and_prepare(&common.config, &overrides(common, mount)).map_err(|e| {
+        eprintln!("failoverfs: {e}");
+        Exit::Usage
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let exit = match &cli.command {
+        Command::Mount(args) => match load(&args.common, Some(args)) {
+            Ok(settings) => {
+                init_logging(&settings.log);
+                match failoverfs::app::App::start(&settings) {
+                    Ok(app) => app.run(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start");
+                        Exit::Failure
+                    }
+                }
+            }
+            Err(exit) => exit,
+        },
+        Command::Check(common) => match load(common, None) {
+            Ok(settings) => {
+                init_logging(&settings.log);
+                let rows = failoverfs::check::check(&settings);
+                let _ = failoverfs::check::print(&mut std::io::stdout(), &rows);
+                if rows.first().is_some_and(|r| r.usable) {
+                    Exit::Clean
+                } else {
+                    Exit::Failure
+                }
+            }
+            Err(exit) => exit,
+        },
+    };
+    exit.into()
+}

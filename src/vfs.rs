@@ -1,0 +1,625 @@
+//! The logical volume: filesystem operations as plain functions that return values.
+//!
+//! The FUSE adapter ([`crate::fuse`]) turns kernel requests into calls on [`Vfs`] and the results
+//! into replies; nothing here knows fuser. Each operation takes exactly one route snapshot
+//! ([`Router::enter`]), resolves inode numbers to paths through the [`InodeTable`], and calls the
+//! route's backend.
+//!
+//! Invariants:
+//! - One route per operation: an operation never mixes two volumes. Open handles re-bind to the
+//!   current route's volume on first use after a switch (see [`crate::handles`]).
+//! - Idempotent operations (lookup, getattr, read, readdir, readlink, statfs, getxattr, listxattr,
+//!   and a write at an explicit offset) that fail with a volume failure while their route is
+//!   being replaced run once more on the new route; every other failure is returned as is.
+//! - The inode table changes only after the backend agreed (a failed rename leaves it alone).
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+use crate::backend::{Attr, Caller, FileKind, OpenFile, SetAttr, StatFs};
+use crate::error::{Error, Result};
+use crate::handles::{Handle, HandleTable, Listed, Reopen};
+use crate::inode::InodeTable;
+use crate::routing::{Router, Ticket, Volume};
+
+/// A file as the kernel sees it: our inode number and the backend's attributes.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    /// failoverfs inode number.
+    pub ino: u64,
+    /// Attributes (their `id` is the backend's and is not shown to the kernel).
+    pub attr: Attr,
+}
+
+/// One item of a directory listing, as handed to the adapter.
+pub struct DirItem<'a> {
+    /// The offset of the next item (what the kernel passes back to continue).
+    pub next_offset: u64,
+    /// Entry name.
+    pub name: &'a OsStr,
+    /// Our inode number if known (always known with `plus`).
+    pub ino: u64,
+    /// Entry type.
+    pub kind: FileKind,
+    /// With `readdirplus`: the entry, whose lookup was counted.
+    pub entry: Option<Entry>,
+}
+
+/// Options of the logical volume.
+#[derive(Clone, Copy, Debug)]
+pub struct VfsOptions {
+    /// Refuse every change with `EROFS`.
+    pub read_only: bool,
+    /// What a handle whose file is gone from the new volume answers.
+    pub stale_errno: i32,
+}
+
+impl Default for VfsOptions {
+    fn default() -> Self {
+        VfsOptions {
+            read_only: false,
+            stale_errno: libc::ESTALE,
+        }
+    }
+}
+
+/// Whether an operation may run again on a new route after a volume failure.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    Safe,
+    Never,
+}
+
+/// d_ino for an entry we have no inode for yet (what libfuse uses too).
+const UNKNOWN_INO: u64 = 0xffff_ffff;
+
+/// The logical volume; see the module docs.
+pub struct Vfs {
+    router: Arc<Router>,
+    inodes: InodeTable,
+    handles: HandleTable,
+    opts: VfsOptions,
+}
+
+impl Vfs {
+    /// A logical volume routed by `router`.
+    pub fn new(router: Arc<Router>, opts: VfsOptions) -> Vfs {
+        let generation = router.current().generation();
+        let inodes = InodeTable::new();
+        inodes.begin_generation(generation);
+        Vfs {
+            router,
+            inodes,
+            handles: HandleTable::new(),
+            opts,
+        }
+    }
+
+    /// The routing handle.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// The inode table.
+    pub fn inodes(&self) -> &InodeTable {
+        &self.inodes
+    }
+
+    /// The handle table.
+    pub fn handles(&self) -> &HandleTable {
+        &self.handles
+    }
+
+    /// Run `f` on the current route; retry once on the next route when it is safe and the
+    /// failure came from a route that is going away.
+    #[inline]
+    fn run<T>(&self, retry: Retry, mut f: impl FnMut(&Ticket) -> Result<T>) -> Result<T> {
+        let ticket = self.router.enter()?;
+        match f(&ticket) {
+            Err(e) if retry == Retry::Safe && e.retryable() => {
+                let generation = ticket.generation();
+                drop(ticket);
+                match self.router.enter_newer(generation) {
+                    Some(Ok(next)) => {
+                        tracing::debug!(error = %e, generation = next.generation(), "retrying on the new route");
+                        f(&next)
+                    }
+                    _ => Err(e),
+                }
+            }
+            r => r,
+        }
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.opts.read_only {
+            Err(Error::posix(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn entry(&self, t: &Ticket, parent: u64, name: &OsStr, attr: Attr) -> Result<Entry> {
+        let ino = self
+            .inodes
+            .lookup(parent, name, attr.kind, attr.id, t.generation())?;
+        Ok(Entry { ino, attr })
+    }
+
+    /// The backend file of handle `fh` for an operation on ticket `t`, re-opened on the current
+    /// volume if the handle was opened on an earlier one.
+    fn file_of(&self, t: &Ticket, fh: u64) -> Result<Arc<dyn OpenFile>> {
+        let h = self.handles.file(fh)?;
+        let Handle::File(h) = &*h else {
+            return Err(Error::invalid(libc::EBADF));
+        };
+        h.file(t.generation(), self.opts.stale_errno, || {
+            reopen(&self.inodes, t.volume(), h.ino, h.flags)
+        })
+    }
+
+    /// `lookup`: find `name` in `parent` and count a kernel reference to it.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry> {
+        if name == "." || name == ".." {
+            // The kernel resolves dot names itself; never build a path with them.
+            return Err(Error::posix(libc::ENOENT));
+        }
+        self.run(Retry::Safe, |t| {
+            let dir = self.inodes.path(parent)?;
+            let attr = t.volume().backend.stat(&dir.join(name))?;
+            self.entry(t, parent, name, attr)
+        })
+    }
+
+    /// `forget`: the kernel dropped `n` references.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    /// `getattr`.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
+        self.run(Retry::Safe, |t| {
+            if let Some(fh) = fh
+                && let Ok(file) = self.file_of(t, fh)
+            {
+                return file.stat();
+            }
+            match self.inodes.path(ino) {
+                Ok(path) => t.volume().backend.stat(&path),
+                // Unlinked but still open: ask an open file.
+                Err(e) => match self.handles.any_file_of(ino) {
+                    Some(file) => file.stat(),
+                    None => Err(e),
+                },
+            }
+        })
+    }
+
+    /// `setattr`.
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, set: &SetAttr) -> Result<Attr> {
+        if set.is_empty() {
+            return self.getattr(ino, fh);
+        }
+        self.writable()?;
+        self.run(Retry::Never, |t| {
+            if let Some(fh) = fh {
+                return self.file_of(t, fh)?.setattr(set);
+            }
+            match self.inodes.path(ino) {
+                Ok(path) => t.volume().backend.setattr(&path, set),
+                Err(e) => match self.handles.any_file_of(ino) {
+                    Some(file) => file.setattr(set),
+                    None => Err(e),
+                },
+            }
+        })
+    }
+
+    /// `readlink`.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        self.run(Retry::Safe, |t| {
+            t.volume().backend.readlink(&self.inodes.path(ino)?)
+        })
+    }
+
+    /// `mknod` (fifos, sockets, device nodes; regular files come through `create`).
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        who: Caller,
+    ) -> Result<Entry> {
+        self.writable()?;
+        self.run(Retry::Never, |t| {
+            let dir = self.inodes.path(parent)?;
+            let attr = t.volume().backend.mknod(&dir, name, mode, rdev, who)?;
+            self.entry(t, parent, name, attr)
+        })
+    }
+
+    /// `mkdir`.
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, who: Caller) -> Result<Entry> {
+        self.writable()?;
+        self.run(Retry::Never, |t| {
+            let dir = self.inodes.path(parent)?;
+            let attr = t.volume().backend.mkdir(&dir, name, mode, who)?;
+            self.entry(t, parent, name, attr)
+        })
+    }
+
+    /// `unlink`.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.writable()?;
+        self.run(Retry::Never, |t| {
+            t.volume()
+                .backend
+                .unlink(&self.inodes.path(parent)?, name)?;
+            self.inodes.unlink(parent, name);
+            Ok(())
+        })
+    }
+
+    /// `rmdir`.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.writable()?;
+        self.run(Retry::Never, |t| {
+            t.volume().backend.rmdir(&self.inodes.path(parent)?, name)?;
+            self.inodes.unlink(parent, name);
+            Ok(())
+        })
+    }
+
+    /// `symlink`: the target is stored verbatim.
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, who: Caller) -> Result<Entry> {
+        self.writable()?;
+        self.run(Retry::Never, |t| {
+            let dir = self.inodes.path(parent)?;
+            let attr = t.volume().backend.symlink(&dir, name, target, who)?;
+            self.entry(t, parent, name, attr)
+        })
+    }
+
+    /// `rename`, with `RENAME_NOREPLACE` and `RENAME_EXCHANGE`.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        self.writable()?;
+        self.run(Retry::Never, |t| {
+            let from = self.inodes.path(parent)?;
+            let to = self.inodes.path(new_parent)?;
+            t.volume()
+                .backend
+                .rename(&from, name, &to, new_name, flags)?;
+            let exchange = flags & libc::RENAME_EXCHANGE != 0;
+            self.inodes
+                .rename(parent, name, new_parent, new_name, exchange);
+            Ok(())
+        })
+    }
+
+    /// `link`: a new name for `ino`.
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> Result<Entry> {
+        self.writable()?;
+        self.run(Retry::Never, |t| {
+            let path = self.inodes.path(ino)?;
+            let dir = self.inodes.path(new_parent)?;
+            let attr = t.volume().backend.link(&path, &dir, new_name)?;
+            self.entry(t, new_parent, new_name, attr)
+        })
+    }
+
+    /// `open`: returns the handle number.
+    pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            self.writable()?;
+        }
+        self.run(Retry::Never, |t| {
+            let path = self.inodes.path(ino)?;
+            let file = t.volume().backend.open(&path, flags)?;
+            Ok(self.handles.open_file(ino, flags, t.generation(), file))
+        })
+    }
+
+    /// `create`: make and open a regular file.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        who: Caller,
+    ) -> Result<(Entry, u64)> {
+        self.writable()?;
+        self.run(Retry::Never, |t| {
+            let dir = self.inodes.path(parent)?;
+            let (file, attr) = t.volume().backend.create(&dir, name, mode, flags, who)?;
+            let entry = self.entry(t, parent, name, attr)?;
+            let fh = self
+                .handles
+                .open_file(entry.ino, flags, t.generation(), file);
+            Ok((entry, fh))
+        })
+    }
+
+    /// `read` into `buf`; returns the bytes read (short only at end of file).
+    #[inline]
+    pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let ticket = self.router.enter()?;
+        let first = self
+            .file_of(&ticket, fh)
+            .and_then(|f| f.read_at(buf, offset));
+        match first {
+            Err(e) if e.retryable() => {
+                let generation = ticket.generation();
+                drop(ticket);
+                match self.router.enter_newer(generation) {
+                    Some(Ok(next)) => self.file_of(&next, fh)?.read_at(buf, offset),
+                    _ => Err(e),
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// `write` at an explicit offset; returns the bytes written.
+    #[inline]
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        self.writable()?;
+        self.run(Retry::Safe, |t| self.file_of(t, fh)?.write_at(data, offset))
+    }
+
+    /// `flush`: called on every `close()` of a descriptor.
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        self.run(Retry::Never, |t| self.file_of(t, fh)?.flush())
+    }
+
+    /// `fsync`.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        self.run(Retry::Never, |t| self.file_of(t, fh)?.fsync(datasync))
+    }
+
+    /// `release`: the last reference to the handle is gone.
+    pub fn release(&self, fh: u64) {
+        self.handles.remove(fh);
+    }
+
+    /// `fallocate`.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        self.writable()?;
+        self.run(Retry::Never, |t| {
+            self.file_of(t, fh)?.allocate(offset, len, mode)
+        })
+    }
+
+    /// `lseek` (the kernel asks only for `SEEK_DATA` and `SEEK_HOLE`).
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        self.run(Retry::Safe, |t| self.file_of(t, fh)?.seek(offset, whence))
+    }
+
+    /// `copy_file_range` between two open files.
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<usize> {
+        self.writable()?;
+        self.run(Retry::Never, |t| {
+            let src = self.file_of(t, fh_in)?;
+            let dst = self.file_of(t, fh_out)?;
+            src.copy_range(off_in, dst.as_ref(), off_out, len)
+        })
+    }
+
+    /// `opendir`.
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        self.run(Retry::Safe, |t| {
+            let attr = t.volume().backend.stat(&self.inodes.path(ino)?)?;
+            if attr.kind != FileKind::Dir {
+                return Err(Error::posix(libc::ENOTDIR));
+            }
+            Ok(self.handles.open_dir(ino))
+        })
+    }
+
+    /// `releasedir`.
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.remove(fh);
+    }
+
+    /// `readdir` / `readdirplus` from `offset`: hands items to `sink` until it reports the reply
+    /// buffer full (returns `true`). With `plus`, each item handed over counts as a lookup; an
+    /// item refused by a full buffer does not.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+        sink: &mut dyn FnMut(DirItem<'_>) -> bool,
+    ) -> Result<()> {
+        let Some(h) = self.handles.get(fh) else {
+            return Err(Error::invalid(libc::EBADF));
+        };
+        let Handle::Dir(dir) = &*h else {
+            return Err(Error::invalid(libc::EBADF));
+        };
+        self.run(Retry::Safe, |t| {
+            let listing = dir.listing(offset, || {
+                let path = self.inodes.path(ino)?;
+                let mut out = Vec::new();
+                out.push(Listed {
+                    name: ".".into(),
+                    kind: FileKind::Dir,
+                });
+                out.push(Listed {
+                    name: "..".into(),
+                    kind: FileKind::Dir,
+                });
+                out.extend(
+                    t.volume()
+                        .backend
+                        .read_dir(&path)?
+                        .into_iter()
+                        .map(|e| Listed {
+                            name: e.name,
+                            kind: e.kind,
+                        }),
+                );
+                Ok(out)
+            })?;
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            let dir_path = if plus {
+                Some(self.inodes.path(ino)?)
+            } else {
+                None
+            };
+            for (i, item) in listing.iter().enumerate().skip(start) {
+                let next_offset = i as u64 + 1;
+                let dots = i < 2;
+                let fixed_ino = match i {
+                    0 => Some(ino),
+                    1 => Some(self.inodes.parent(ino)),
+                    _ => None,
+                };
+                let (ino_of_item, kind, entry) = match (&dir_path, fixed_ino) {
+                    (Some(path), _) => {
+                        let target = if dots {
+                            path.clone()
+                        } else {
+                            path.join(&item.name)
+                        };
+                        let attr = match t.volume().backend.stat(&target) {
+                            Ok(a) => a,
+                            // Removed since the listing was taken: skip it.
+                            Err(e) if e.errno() == libc::ENOENT => continue,
+                            Err(e) => return Err(e),
+                        };
+                        match fixed_ino {
+                            // `.` and `..` are not counted as lookups.
+                            Some(fixed) => (fixed, attr.kind, Some(Entry { ino: fixed, attr })),
+                            None => {
+                                let e = self.entry(t, ino, &item.name, attr)?;
+                                (e.ino, attr.kind, Some(e))
+                            }
+                        }
+                    }
+                    (None, Some(fixed)) => (fixed, item.kind, None),
+                    (None, None) => (
+                        self.inodes.peek(ino, &item.name).unwrap_or(UNKNOWN_INO),
+                        item.kind,
+                        None,
+                    ),
+                };
+                let full = sink(DirItem {
+                    next_offset,
+                    name: &item.name,
+                    ino: ino_of_item,
+                    kind,
+                    entry,
+                });
+                if full {
+                    if entry.is_some() && !dots {
+                        self.inodes.forget(ino_of_item, 1);
+                    }
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// `statfs`.
+    pub fn statfs(&self) -> Result<StatFs> {
+        self.run(Retry::Safe, |t| t.volume().backend.statfs())
+    }
+
+    /// `getxattr`: the whole value.
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        self.run(Retry::Safe, |t| {
+            t.volume().backend.getxattr(&self.inodes.path(ino)?, name)
+        })
+    }
+
+    /// `setxattr`.
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.writable()?;
+        self.run(Retry::Never, |t| {
+            t.volume()
+                .backend
+                .setxattr(&self.inodes.path(ino)?, name, value, flags)
+        })
+    }
+
+    /// `listxattr`: NUL-terminated names.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        self.run(Retry::Safe, |t| {
+            t.volume().backend.listxattr(&self.inodes.path(ino)?)
+        })
+    }
+
+    /// `removexattr`.
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        self.writable()?;
+        self.run(Retry::Never, |t| {
+            t.volume()
+                .backend
+                .removexattr(&self.inodes.path(ino)?, name)
+        })
+    }
+
+    /// `access`: POSIX permission check against the file's mode (only used without
+    /// `default_permissions`, which failoverfs always sets, so it is a safety net).
+    pub fn access(&self, ino: u64, mask: i32, who: Caller) -> Result<()> {
+        let attr = self.getattr(ino, None)?;
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        if mask & libc::W_OK != 0 && self.opts.read_only {
+            return Err(Error::posix(libc::EROFS));
+        }
+        if who.uid == 0 {
+            // Root may do anything except execute a file nobody may execute.
+            if mask & libc::X_OK != 0 && attr.kind != FileKind::Dir && attr.perm & 0o111 == 0 {
+                return Err(Error::posix(libc::EACCES));
+            }
+            return Ok(());
+        }
+        let bits = if who.uid == attr.uid {
+            (attr.perm >> 6) & 7
+        } else if who.gid == attr.gid {
+            (attr.perm >> 3) & 7
+        } else {
+            attr.perm & 7
+        } as i32;
+        if bits & mask == mask {
+            Ok(())
+        } else {
+            Err(Error::posix(libc::EACCES))
+        }
+    }
+}
+
+/// Re-open handle of `ino` on `volume` after a switch.
+fn reopen(inodes: &InodeTable, volume: &Volume, ino: u64, flags: i32) -> Result<Reopen> {
+    let path = match inodes.path(ino) {
+        Ok(p) => p,
+        Err(e) if e.errno() == libc::ENOENT => return Ok(Reopen::Gone),
+        Err(e) => return Err(e),
+    };
+    let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+    match volume.backend.open(&path, flags) {
+        Ok(f) => Ok(Reopen::Opened(f)),
+        Err(e) if e.errno() == libc::ENOENT => Ok(Reopen::Gone),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,305 @@
+//! Shared helpers for the integration tests: real mounts in temporary directories, torn down by
+//! guards even when a test fails, and the `failoverfs` binary run as a child process.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use failoverfs::app::{App, Hooks};
+use failoverfs::backend::faulty::{Faults, FaultyBackend};
+use failoverfs::config::{self, Overrides};
+
+/// Poll `cond` until it holds or `timeout` passes; panics with `what` on timeout.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `path` is a mount point right now.
+pub fn is_mounted(path: &Path) -> bool {
+    failoverfs::fuse::session::is_mounted(path)
+}
+
+/// Temporary directories for a mount and its volumes, plus the config file describing them.
+pub struct Layout {
+    pub dir: tempfile::TempDir,
+    pub mnt: PathBuf,
+    pub vols: Vec<PathBuf>,
+    pub config: PathBuf,
+}
+
+impl Layout {
+    /// `n` dir volumes named `v0`, `v1`, ... and a mount point; `extra` is appended to `[mount]`.
+    pub fn new(n: usize, mount_extra: &str, tail: &str) -> Layout {
+        let dir = tempfile::Builder::new()
+            .prefix("failoverfs-test-")
+            .tempdir()
+            .expect("tempdir");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir mnt");
+        let mut vols = Vec::new();
+        let mut toml = format!(
+            "[mount]\npath = \"{}\"\nthreads = 8\n{mount_extra}\n\n[log]\nlevel = \"info\"\n\n",
+            mnt.display()
+        );
+        for i in 0..n {
+            let v = dir.path().join(format!("v{i}"));
+            std::fs::create_dir(&v).expect("mkdir volume");
+            toml.push_str(&format!(
+                "[[volumes]]\nname = \"v{i}\"\nbackend = {{ kind = \"dir\", path = \"{}\" }}\n\n",
+                v.display()
+            ));
+            vols.push(v);
+        }
+        toml.push_str(tail);
+        let config = dir.path().join("failoverfs.toml");
+        std::fs::write(&config, toml).expect("write config");
+        Layout {
+            dir,
+            mnt,
+            vols,
+            config,
+        }
+    }
+}
+
+/// An in-process mount; unmounted when dropped.
+pub struct Fixture {
+    pub app: Option<App>,
+    pub faults: Vec<Arc<Faults>>,
+    pub layout: Layout,
+}
+
+impl Fixture {
+    /// Mount `n` dir volumes with default settings.
+    pub fn new(n: usize) -> Fixture {
+        Fixture::with(n, "", "")
+    }
+
+    /// Mount with extra `[mount]` lines and extra TOML at the end. Every backend is wrapped in a
+    /// fault injector (no rules by default).
+    pub fn with(n: usize, mount_extra: &str, tail: &str) -> Fixture {
+        init_logging();
+        let layout = Layout::new(n, mount_extra, tail);
+        let settings =
+            config::load_and_prepare(&layout.config, &Overrides::default()).expect("config");
+        let faults: Vec<Arc<Faults>> = (0..n).map(|_| Faults::new()).collect();
+        let f2 = faults.clone();
+        let hooks = Hooks {
+            wrap_backend: Some(Box::new(move |i, b| {
+                Arc::new(FaultyBackend::new(b, f2[i].clone()))
+            })),
+        };
+        let app = App::start_with(&settings, hooks).expect("mount");
+        Fixture {
+            app: Some(app),
+            faults,
+            layout,
+        }
+    }
+
+    pub fn app(&self) -> &App {
+        self.app.as_ref().expect("mounted")
+    }
+
+    /// A path under the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.layout.mnt.join(rel)
+    }
+
+    /// A path under volume `i`'s root.
+    pub fn vol(&self, i: usize, rel: &str) -> PathBuf {
+        self.layout.vols[i].join(rel)
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown();
+        }
+        assert!(
+            !is_mounted(&self.layout.mnt) || std::thread::panicking(),
+            "mount left behind"
+        );
+    }
+}
+
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TEST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// The `failoverfs` binary.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_failoverfs"))
+}
+
+/// A `failoverfs mount` child process; killed and unmounted when dropped.
+pub struct BinMount {
+    pub child: Option<Child>,
+    pub layout: Layout,
+    pub stderr_path: PathBuf,
+}
+
+impl BinMount {
+    /// Start `failoverfs mount` on `layout` and wait until the mount is up.
+    pub fn start(layout: Layout, extra_args: &[&str]) -> BinMount {
+        let stderr_path = layout.dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let child = bin()
+            .arg("mount")
+            .arg("--config")
+            .arg(&layout.config)
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn failoverfs");
+        let mut m = BinMount {
+            child: Some(child),
+            layout,
+            stderr_path,
+        };
+        let mnt = m.layout.mnt.clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(&mnt) {
+            if let Some(status) = m.try_wait() {
+                panic!("failoverfs exited early ({status}): {}", m.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount never came up: {}",
+                m.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        m
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("kill");
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Wait for the process to exit (at most `timeout`) and return its exit code.
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "failoverfs did not exit: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for BinMount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let mnt = self.layout.mnt.clone();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_mounted(&mnt) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if is_mounted(&mnt) {
+            let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Run `script` with `sh -c` as user `uid` (group `uid` too); returns (success, stderr).
+pub fn sh_as(uid: u32, script: &str) -> (bool, String) {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .expect("run sh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// FNV-1a over bytes: a checksum that needs no dependency.
+pub fn checksum(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// `errno` of the last failed libc call.
+pub fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// A NUL-terminated copy of a path for libc calls.
+pub fn cpath(p: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(p.as_os_str().as_bytes()).expect("no NUL in path")
+}
+
+/// Write `data` to a new file at `path` through `std::fs`.
+pub fn write_file(path: &Path, data: &[u8]) {
+    let mut f = std::fs::File::create(path).expect("create");
+    f.write_all(data).expect("write");
+}
+
+pub fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
