@@ -25,6 +25,11 @@ const STOP_DRAIN: Duration = Duration::from_secs(5);
 /// How long an unmount waits for open files before aborting the connection.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
 
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
 /// Why the process could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -44,6 +49,7 @@ pub struct Hooks {
 /// A mounted, serving failoverfs; see the module docs.
 pub struct App {
     runtime: tokio::runtime::Runtime,
+    signals: Option<Signals>,
     vfs: Arc<Vfs>,
     volumes: Vec<Option<Arc<Volume>>>,
     mounted: Option<Mounted>,
@@ -67,6 +73,21 @@ impl App {
             .enable_all()
             .build()
             .map_err(|e| StartError(format!("cannot start the async runtime: {e}")))?;
+        // Listen for stop signals before the mount exists, so a signal never finds the default
+        // action (terminate without unmounting) in place.
+        let signals = {
+            use tokio::signal::unix::{SignalKind, signal};
+            let _rt = runtime.enter();
+            match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(int), Ok(term)) => Signals { int, term },
+                (Err(e), _) | (_, Err(e)) => {
+                    return Err(StartError(format!("cannot listen for signals: {e}")));
+                }
+            }
+        };
 
         let mut volumes = Vec::with_capacity(settings.volumes.len());
         for (index, v) in settings.volumes.iter().enumerate() {
@@ -138,6 +159,7 @@ impl App {
         );
         Ok(App {
             runtime,
+            signals: Some(signals),
             vfs,
             volumes,
             mounted: Some(mounted),
@@ -164,17 +186,13 @@ impl App {
     /// Serve until SIGINT/SIGTERM or until the mount goes away, then stop.
     pub fn run(mut self) -> Exit {
         let ended = self.ended.clone();
+        let Some(mut signals) = self.signals.take() else {
+            return self.stop();
+        };
         let why = self.runtime.block_on(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return "cannot listen for signals";
-            };
             tokio::select! {
-                _ = int.recv() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
+                _ = signals.int.recv() => "SIGINT",
+                _ = signals.term.recv() => "SIGTERM",
                 _ = ended.notified() => "unmounted from outside",
             }
         });

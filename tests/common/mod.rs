@@ -153,11 +153,24 @@ pub struct BinMount {
     pub child: Option<Child>,
     pub layout: Layout,
     pub stderr_path: PathBuf,
+    /// Where it is mounted (the layout's mount point unless overridden).
+    pub mnt: PathBuf,
 }
 
 impl BinMount {
     /// Start `failoverfs mount` on `layout` and wait until the mount is up.
     pub fn start(layout: Layout, extra_args: &[&str]) -> BinMount {
+        let mnt = layout.mnt.clone();
+        BinMount::start_with_env(layout, extra_args, &[], &mnt)
+    }
+
+    /// Like [`BinMount::start`], with environment variables, expecting the mount at `mnt`.
+    pub fn start_with_env(
+        layout: Layout,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+        mnt: &Path,
+    ) -> BinMount {
         let stderr_path = layout.dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let child = bin()
@@ -165,6 +178,7 @@ impl BinMount {
             .arg("--config")
             .arg(&layout.config)
             .args(extra_args)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -174,10 +188,10 @@ impl BinMount {
             child: Some(child),
             layout,
             stderr_path,
+            mnt: mnt.to_path_buf(),
         };
-        let mnt = m.layout.mnt.clone();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !is_mounted(&mnt) {
+        while !is_mounted(mnt) {
             if let Some(status) = m.try_wait() {
                 panic!("failoverfs exited early ({status}): {}", m.stderr());
             }
@@ -233,7 +247,7 @@ impl Drop for BinMount {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let mnt = self.layout.mnt.clone();
+        let mnt = self.mnt.clone();
         let deadline = Instant::now() + Duration::from_secs(5);
         while is_mounted(&mnt) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));

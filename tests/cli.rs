@@ -1,0 +1,280 @@
+//! The binary as a user runs it: bad configurations, `check`, signals, crashes, exit codes.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// Run `failoverfs <args>`; returns (exit code, stdout, stderr).
+fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let out = bin()
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run failoverfs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A config error: exit 2, one line on stderr naming `key` and where it came from, no panic.
+fn assert_config_error(
+    config: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+    key: &str,
+    origin: &str,
+) {
+    let mut args = vec!["check", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (code, _out, err) = run(&args, envs);
+    assert_eq!(code, 2, "exit code for {key}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(key), "names the key {key}: {err}");
+    assert!(err.contains(origin), "names the origin {origin}: {err}");
+}
+
+/// A config error in the file itself.
+fn assert_file_error(l: &Layout, key: &str) {
+    assert_config_error(&l.config, &[], &[], key, &l.config.display().to_string());
+}
+
+fn edit(layout: &Layout, from: &str, to: &str) {
+    let text = std::fs::read_to_string(&layout.config).unwrap();
+    assert!(text.contains(from), "config has {from:?}");
+    std::fs::write(&layout.config, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn bad_configs_exit_2_with_one_clear_line() {
+    // Missing file.
+    let l = Layout::new(2, "", "");
+    let missing = l.dir.path().join("nope.toml");
+    assert_config_error(&missing, &[], &[], "nope.toml", "not found");
+
+    // Unknown key, in a section and inside a volume's backend.
+    let l = Layout::new(2, "atr_ttl = \"1s\"", "");
+    assert_file_error(&l, "mount.atr_ttl");
+    let l = Layout::new(2, "", "");
+    edit(&l, "kind = \"dir\", path", "kind = \"dir\", pth");
+    assert_file_error(&l, "volumes[0].backend");
+
+    // Wrong type; duration without a unit.
+    let l = Layout::new(2, "", "");
+    edit(&l, "threads = 8", "threads = \"eight\"");
+    assert_file_error(&l, "mount.threads");
+    let l = Layout::new(2, "attr_ttl = 3", "");
+    assert_file_error(&l, "mount.attr_ttl");
+
+    // Broken TOML.
+    let l = Layout::new(2, "read_only = ", "");
+    assert_file_error(&l, "-");
+
+    // Empty volume table.
+    let l = Layout::new(0, "", "");
+    assert_file_error(&l, "volumes");
+
+    // Relative and nonexistent volume paths.
+    let l = Layout::new(2, "", "");
+    let v1 = l.vols[1].display().to_string();
+    edit(&l, &v1, "relative/path");
+    assert_file_error(&l, "volumes[1].backend.path");
+    let l = Layout::new(2, "", "");
+    std::fs::remove_dir(&l.vols[1]).unwrap();
+    assert_file_error(&l, "volumes[1].backend.path");
+
+    // Mount point missing, or not a directory.
+    let l = Layout::new(1, "", "");
+    std::fs::remove_dir(&l.mnt).unwrap();
+    assert_file_error(&l, "mount.path");
+    std::fs::write(&l.mnt, b"a file").unwrap();
+    assert_file_error(&l, "mount.path");
+
+    // Environment and command line are checked the same way, and named as the origin.
+    let l = Layout::new(1, "", "");
+    assert_config_error(
+        &l.config,
+        &[],
+        &[("FAILOVERFS_MOUNT__TREADS", "4")],
+        "mount.treads",
+        "environment",
+    );
+    assert_config_error(
+        &l.config,
+        &[],
+        &[("FAILOVERFS_MOUNT__THREADS", "0")],
+        "mount.threads",
+        "environment",
+    );
+    let (code, _, err) = run(
+        &[
+            "mount",
+            "--config",
+            l.config.to_str().unwrap(),
+            "--threads",
+            "0",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("mount.threads") && err.contains("command line"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_prints_the_volume_table() {
+    let l = Layout::new(2, "", "");
+    let (code, out, err) = run(&["check", "--config", l.config.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("USABLE"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("v0") && lines[1].contains("primary") && lines[1].contains(" yes"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("v1") && lines[2].contains("standby 1"),
+        "{out}"
+    );
+}
+
+#[test]
+fn help_explains_every_flag() {
+    for (cmd, flags) in [
+        (
+            "mount",
+            &[
+                "--config",
+                "--mountpoint",
+                "--read-only",
+                "--allow-other",
+                "--threads",
+                "--log-level",
+                "--log-format",
+            ][..],
+        ),
+        ("check", &["--config", "--log-level", "--log-format"][..]),
+    ] {
+        let (code, out, _) = run(&[cmd, "--help"], &[]);
+        assert_eq!(code, 0);
+        for f in flags {
+            assert!(out.contains(f), "{cmd} --help mentions {f}: {out}");
+        }
+    }
+    let (code, _, err) = run(&["mount"], &[]);
+    assert_eq!(code, 2, "a missing --config is a usage error: {err}");
+}
+
+fn stops_cleanly_on(sig: Signal) {
+    let mut m = BinMount::start(Layout::new(2, "", ""), &[]);
+    std::fs::write(m.layout.mnt.join("f"), b"data").unwrap();
+    m.signal(sig);
+    assert_eq!(m.wait(Duration::from_secs(20)), Some(0), "{}", m.stderr());
+    assert!(!is_mounted(&m.layout.mnt), "still mounted after {sig}");
+    assert_eq!(std::fs::read(m.layout.vols[0].join("f")).unwrap(), b"data");
+    let log = m.stderr();
+    assert!(log.contains("unmounted"), "{log}");
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    stops_cleanly_on(Signal::SIGTERM);
+}
+
+#[test]
+fn sigint_stops_cleanly() {
+    stops_cleanly_on(Signal::SIGINT);
+}
+
+#[test]
+fn stop_with_open_files_detaches_lazily_and_leaves_no_mount() {
+    let mut m = BinMount::start(Layout::new(1, "", ""), &[]);
+    let f = m.layout.mnt.join("held");
+    std::fs::write(&f, b"x").unwrap();
+    // Another process keeps a descriptor open and its working directory inside the mount.
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg("exec 3<held; sleep 60")
+        .current_dir(&m.layout.mnt)
+        .spawn()
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the holder opened the file",
+        || std::fs::read_link(format!("/proc/{}/fd/3", holder.id())).is_ok(),
+    );
+    m.signal(Signal::SIGTERM);
+    let code = m.wait(Duration::from_secs(20));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(code, Some(0), "{}", m.stderr());
+    assert!(!is_mounted(&m.layout.mnt), "a busy mount was left behind");
+    assert!(m.stderr().contains("lazily"), "{}", m.stderr());
+}
+
+#[test]
+fn kill_9_leaves_no_dead_mount() {
+    let mut m = BinMount::start(Layout::new(1, "", ""), &[]);
+    m.signal(Signal::SIGKILL);
+    m.wait(Duration::from_secs(10));
+    wait_until(
+        Duration::from_secs(10),
+        "auto_unmount removes the mount",
+        || !is_mounted(&m.layout.mnt),
+    );
+    // The mount point is an ordinary directory again, not "Transport endpoint is not connected".
+    std::fs::read_dir(&m.layout.mnt).expect("mount point readable");
+}
+
+#[test]
+fn unmounted_from_outside_exits_0() {
+    let mut m = BinMount::start(Layout::new(1, "", ""), &[]);
+    nix::mount::umount2(&m.layout.mnt, nix::mount::MntFlags::empty()).unwrap();
+    assert_eq!(m.wait(Duration::from_secs(20)), Some(0), "{}", m.stderr());
+    assert!(
+        m.stderr().contains("unmounted from outside"),
+        "{}",
+        m.stderr()
+    );
+}
+
+#[test]
+fn environment_and_flags_override_the_file() {
+    let l = Layout::new(1, "", "");
+    let other = l.dir.path().join("elsewhere");
+    std::fs::create_dir(&other).unwrap();
+    let mut m = BinMount::start_with_env(
+        l,
+        &[
+            "--mountpoint",
+            other.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        &[("FAILOVERFS_LOG__LEVEL", "debug")],
+        &other,
+    );
+    std::fs::write(other.join("f"), b"x").unwrap();
+    assert_eq!(std::fs::read(m.layout.vols[0].join("f")).unwrap(), b"x");
+    m.signal(Signal::SIGTERM);
+    assert_eq!(m.wait(Duration::from_secs(20)), Some(0));
+    let log = m.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with('{') && l.contains("\"level\":\"DEBUG\"")),
+        "{log}"
+    );
+}
