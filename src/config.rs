@@ -35,6 +35,9 @@ pub struct Settings {
     /// Logging.
     #[serde(default)]
     pub log: LogSettings,
+    /// How volumes are probed and when a deletion counts as confirmed.
+    #[serde(default)]
+    pub health: HealthSettings,
     /// The ordered volume table: primary first, then standbys.
     #[serde(default)]
     pub volumes: Vec<VolumeSettings>,
@@ -115,6 +118,471 @@ pub struct VolumeSettings {
     pub name: String,
     /// Where the data lives.
     pub backend: BackendSettings,
+    /// One probe (`probe = { kind = "…", … }`).
+    #[serde(default)]
+    pub probe: Option<ProbeSettings>,
+    /// More probes (`probes = [{ … }, { … }]`); with `probe`, all of them are used.
+    #[serde(default)]
+    pub probes: Vec<ProbeSettings>,
+    /// Per-volume overrides of `[health]`.
+    #[serde(default)]
+    pub health: HealthOverride,
+}
+
+/// `[health]`: probing and the confirmation policy.
+///
+/// A deletion is *confirmed* after `confirmations` consecutive deletion answers spanning at least
+/// `confirm_window` (weak evidence: `weak_confirmations` over `weak_confirm_window`). Any healthy
+/// or transient answer resets the count.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    /// Probe interval of the active volume.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Probe interval of standby volumes.
+    #[serde(with = "duration")]
+    pub standby_interval: Duration,
+    /// Random spread of each interval, as a fraction of it (0 to 0.5).
+    pub jitter: f64,
+    /// Longest a probe round may take; past it the answer is Transient(timeout).
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Probe interval while deletion answers accumulate toward a confirmation.
+    #[serde(with = "duration")]
+    pub confirm_interval: Duration,
+    /// Consecutive strong deletion answers needed.
+    pub confirmations: u32,
+    /// Shortest span from the first to the last of them.
+    #[serde(with = "duration")]
+    pub confirm_window: Duration,
+    /// Consecutive deletion answers needed when the evidence is weak (S3 404).
+    pub weak_confirmations: u32,
+    /// Shortest span for weak evidence.
+    #[serde(with = "duration")]
+    pub weak_confirm_window: Duration,
+    /// Cap of the exponential backoff between probes while answers are transient.
+    #[serde(with = "duration")]
+    pub max_backoff: Duration,
+    /// What a pending deletion (CubeFS delayed mode) means for the active volume.
+    pub on_pending_delete: PendingPolicy,
+    /// Tolerance when comparing a server's deletion time with the local clock.
+    #[serde(with = "duration")]
+    pub clock_skew: Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings {
+            interval: Duration::from_secs(1),
+            standby_interval: Duration::from_secs(5),
+            jitter: 0.1,
+            timeout: Duration::from_secs(3),
+            confirm_interval: Duration::from_millis(500),
+            confirmations: 3,
+            confirm_window: Duration::from_secs(1),
+            weak_confirmations: 10,
+            weak_confirm_window: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(10),
+            on_pending_delete: PendingPolicy::Failover,
+            clock_skew: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `on_pending_delete`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PendingPolicy {
+    /// An operator asked for the volume to go: treat it like a deletion.
+    Failover,
+    /// Keep serving until it is really gone.
+    Wait,
+}
+
+/// Per-volume `health = { … }`: any `[health]` key, overriding it for this volume.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthOverride {
+    /// See [`HealthSettings::interval`].
+    #[serde(with = "duration::option")]
+    pub interval: Option<Duration>,
+    /// See [`HealthSettings::standby_interval`].
+    #[serde(with = "duration::option")]
+    pub standby_interval: Option<Duration>,
+    /// See [`HealthSettings::jitter`].
+    pub jitter: Option<f64>,
+    /// See [`HealthSettings::timeout`].
+    #[serde(with = "duration::option")]
+    pub timeout: Option<Duration>,
+    /// See [`HealthSettings::confirm_interval`].
+    #[serde(with = "duration::option")]
+    pub confirm_interval: Option<Duration>,
+    /// See [`HealthSettings::confirmations`].
+    pub confirmations: Option<u32>,
+    /// See [`HealthSettings::confirm_window`].
+    #[serde(with = "duration::option")]
+    pub confirm_window: Option<Duration>,
+    /// See [`HealthSettings::weak_confirmations`].
+    pub weak_confirmations: Option<u32>,
+    /// See [`HealthSettings::weak_confirm_window`].
+    #[serde(with = "duration::option")]
+    pub weak_confirm_window: Option<Duration>,
+    /// See [`HealthSettings::max_backoff`].
+    #[serde(with = "duration::option")]
+    pub max_backoff: Option<Duration>,
+    /// See [`HealthSettings::on_pending_delete`].
+    pub on_pending_delete: Option<PendingPolicy>,
+    /// See [`HealthSettings::clock_skew`].
+    #[serde(with = "duration::option")]
+    pub clock_skew: Option<Duration>,
+}
+
+impl HealthSettings {
+    /// These settings with a volume's overrides applied.
+    pub fn with(&self, o: &HealthOverride) -> HealthSettings {
+        HealthSettings {
+            interval: o.interval.unwrap_or(self.interval),
+            standby_interval: o.standby_interval.unwrap_or(self.standby_interval),
+            jitter: o.jitter.unwrap_or(self.jitter),
+            timeout: o.timeout.unwrap_or(self.timeout),
+            confirm_interval: o.confirm_interval.unwrap_or(self.confirm_interval),
+            confirmations: o.confirmations.unwrap_or(self.confirmations),
+            confirm_window: o.confirm_window.unwrap_or(self.confirm_window),
+            weak_confirmations: o.weak_confirmations.unwrap_or(self.weak_confirmations),
+            weak_confirm_window: o.weak_confirm_window.unwrap_or(self.weak_confirm_window),
+            max_backoff: o.max_backoff.unwrap_or(self.max_backoff),
+            on_pending_delete: o.on_pending_delete.unwrap_or(self.on_pending_delete),
+            clock_skew: o.clock_skew.unwrap_or(self.clock_skew),
+        }
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let ms = Duration::from_millis;
+        for (key, v, min) in [
+            ("interval", self.interval, ms(100)),
+            ("standby_interval", self.standby_interval, ms(100)),
+            ("timeout", self.timeout, ms(10)),
+            ("confirm_interval", self.confirm_interval, ms(10)),
+            ("max_backoff", self.max_backoff, ms(100)),
+        ] {
+            if v < min {
+                return Err((
+                    key,
+                    format!("must be at least {}", humantime::format_duration(min)),
+                ));
+            }
+        }
+        if !(0.0..=0.5).contains(&self.jitter) {
+            return Err(("jitter", "must be between 0 and 0.5".into()));
+        }
+        if self.confirmations == 0 {
+            return Err(("confirmations", "must be at least 1".into()));
+        }
+        if self.weak_confirmations < self.confirmations {
+            return Err((
+                "weak_confirmations",
+                "must be at least `confirmations` (weak evidence never needs less)".into(),
+            ));
+        }
+        if self.weak_confirm_window < self.confirm_window {
+            return Err((
+                "weak_confirm_window",
+                "must be at least `confirm_window`".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `probe = { kind = "…", … }`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ProbeSettings {
+    /// The CubeFS master HTTP API (`GET /admin/getVol`).
+    Cubefs(CubefsProbeSettings),
+    /// A signed S3 HEAD bucket.
+    S3(S3ProbeSettings),
+    /// An HTTP endpoint with a status → verdict map.
+    Http(HttpProbeSettings),
+    /// The volume root on a mounted filesystem.
+    Dir(DirProbeSettings),
+}
+
+impl ProbeSettings {
+    fn validate(&self, volume: &VolumeSettings) -> Result<(), (&'static str, String)> {
+        match self {
+            ProbeSettings::Cubefs(c) => {
+                if c.masters.is_empty() {
+                    return Err((
+                        "masters",
+                        "list at least one master as \"host:port\"".into(),
+                    ));
+                }
+                for m in &c.masters {
+                    let ok = m
+                        .rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                    if !ok {
+                        return Err(("masters", format!("{m:?} is not \"host:port\"")));
+                    }
+                }
+                let name = c.volume.as_deref().unwrap_or(&volume.name);
+                if !cubefs_volume_name_ok(name) {
+                    return Err((
+                        if c.volume.is_some() { "volume" } else { "name" },
+                        format!(
+                            "{name:?} is not a CubeFS volume name (3 to 63 of [a-zA-Z0-9_.-], \
+                             starting and ending with a letter or digit); set `volume`"
+                        ),
+                    ));
+                }
+                if c.timeout < Duration::from_millis(10) {
+                    return Err(("timeout", "must be at least 10ms".into()));
+                }
+            }
+            ProbeSettings::S3(c) => {
+                check_url(&c.endpoint).map_err(|m| ("endpoint", m))?;
+                if c.bucket.as_deref().is_some_and(str::is_empty) {
+                    return Err(("bucket", "must not be empty".into()));
+                }
+                if let Some(f) = &c.credentials_file
+                    && !f.is_absolute()
+                {
+                    return Err(("credentials_file", "must be an absolute path".into()));
+                }
+            }
+            ProbeSettings::Http(c) => {
+                check_url(&c.url).map_err(|m| ("url", m))?;
+                for (key, list) in [("healthy", &c.healthy), ("deleted", &c.deleted)] {
+                    for pat in list {
+                        if StatusPattern::parse(pat).is_none() {
+                            return Err((
+                                key,
+                                format!(
+                                    "{pat:?} is not a status, class (\"2xx\") or range (\"500-599\")"
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+            ProbeSettings::Dir(c) => {
+                if let Some(p) = &c.path
+                    && !p.is_absolute()
+                {
+                    return Err(("path", "must be an absolute path".into()));
+                }
+                if c.path.is_none() && !matches!(volume.backend, BackendSettings::Dir { .. }) {
+                    return Err(("path", "required unless the backend is a dir".into()));
+                }
+                if let Some(m) = &c.marker {
+                    let p = Path::new(m);
+                    let plain = !m.is_empty()
+                        && p.components()
+                            .all(|c| matches!(c, std::path::Component::Normal(_)));
+                    if !plain {
+                        return Err(("marker", "must be a relative path without `..`".into()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// CubeFS's own rule for volume names (`master/server.go`, `volNameRegexp`).
+pub fn cubefs_volume_name_ok(name: &str) -> bool {
+    let b = name.as_bytes();
+    let inner = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-');
+    (3..=63).contains(&b.len())
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(inner)
+}
+
+fn check_url(u: &str) -> Result<(), String> {
+    match url::Url::parse(u) {
+        Ok(url) if url.scheme() == "http" || url.scheme() == "https" => {
+            if url.host_str().is_none() {
+                Err(format!("{u:?} has no host"))
+            } else {
+                Ok(())
+            }
+        }
+        Ok(url) => Err(format!(
+            "{u:?}: scheme {:?} is not http or https",
+            url.scheme()
+        )),
+        Err(e) => Err(format!("{u:?} is not a URL: {e}")),
+    }
+}
+
+/// An HTTP status pattern of the `http` probe: `"404"`, `"2xx"` or `"500-599"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusPattern {
+    lo: u16,
+    hi: u16,
+}
+
+impl StatusPattern {
+    /// Parse a pattern.
+    pub fn parse(s: &str) -> Option<StatusPattern> {
+        let s = s.trim();
+        let code = |t: &str| t.parse::<u16>().ok().filter(|c| (100..=599).contains(c));
+        if let Some((a, b)) = s.split_once('-') {
+            let (lo, hi) = (code(a)?, code(b)?);
+            return (lo <= hi).then_some(StatusPattern { lo, hi });
+        }
+        if s.len() == 3 && s.ends_with("xx") {
+            let class = s[..1].parse::<u16>().ok().filter(|c| (1..=5).contains(c))?;
+            return Some(StatusPattern {
+                lo: class * 100,
+                hi: class * 100 + 99,
+            });
+        }
+        code(s).map(|c| StatusPattern { lo: c, hi: c })
+    }
+
+    /// Whether `status` matches.
+    pub fn matches(&self, status: u16) -> bool {
+        (self.lo..=self.hi).contains(&status)
+    }
+}
+
+/// `kind = "cubefs"`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CubefsProbeSettings {
+    /// Master addresses, `host:port`.
+    pub masters: Vec<String>,
+    /// The CubeFS volume name (default: the volume's `name`).
+    #[serde(default)]
+    pub volume: Option<String>,
+    /// Timeout of each request to one master.
+    #[serde(default = "one_second", with = "duration")]
+    pub timeout: Duration,
+    /// Expected cluster name: a deletion answer from a master of another cluster is ignored.
+    #[serde(default)]
+    pub cluster: Option<String>,
+}
+
+/// `kind = "s3"`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3ProbeSettings {
+    /// Endpoint URL, e.g. `http://127.0.0.1:9000`.
+    pub endpoint: String,
+    /// Bucket (default: the volume's `name`).
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// Region used in signatures.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Path-style addressing (MinIO, CubeFS ObjectNode).
+    #[serde(default = "yes")]
+    pub path_style: bool,
+    /// Environment variable holding the access key id.
+    #[serde(default = "default_access_env")]
+    pub access_key_env: String,
+    /// Environment variable holding the secret key.
+    #[serde(default = "default_secret_env")]
+    pub secret_key_env: String,
+    /// A file with `access_key = "…"` and `secret_key = "…"`, used instead of the environment.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// Request timeout.
+    #[serde(default = "two_seconds", with = "duration")]
+    pub timeout: Duration,
+}
+
+/// `kind = "http"`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbeSettings {
+    /// The URL to ask.
+    pub url: String,
+    /// `HEAD` or `GET`.
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// Statuses meaning healthy: codes (`"200"`), classes (`"2xx"`) or ranges (`"200-299"`).
+    #[serde(default = "default_healthy")]
+    pub healthy: Vec<String>,
+    /// Statuses meaning deleted; everything else is transient.
+    #[serde(default = "default_deleted")]
+    pub deleted: Vec<String>,
+    /// Treat deletion answers as weak evidence.
+    #[serde(default)]
+    pub weak: bool,
+    /// Request timeout.
+    #[serde(default = "two_seconds", with = "duration")]
+    pub timeout: Duration,
+}
+
+/// HTTP method of the `http` probe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    /// `HEAD`
+    #[default]
+    Head,
+    /// `GET`
+    Get,
+}
+
+/// `kind = "dir"`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirProbeSettings {
+    /// The directory to watch (default: the `dir` backend's path).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A file that must exist in it (relative to it).
+    #[serde(default)]
+    pub marker: Option<String>,
+    /// The directory must be a mount point (a different device from its parent), so the empty
+    /// directory left by an unmounted network volume is never taken for the volume.
+    #[serde(default)]
+    pub require_mountpoint: bool,
+    /// How long a `stat` may take before the filesystem counts as hung.
+    #[serde(default = "two_seconds", with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for DirProbeSettings {
+    fn default() -> Self {
+        DirProbeSettings {
+            path: None,
+            marker: None,
+            require_mountpoint: false,
+            timeout: two_seconds(),
+        }
+    }
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+fn two_seconds() -> Duration {
+    Duration::from_secs(2)
+}
+fn yes() -> bool {
+    true
+}
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_access_env() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+fn default_secret_env() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
+}
+fn default_healthy() -> Vec<String> {
+    vec!["2xx".into()]
+}
+fn default_deleted() -> Vec<String> {
+    vec!["404".into(), "410".into()]
 }
 
 /// `backend = { kind = "…", … }`
@@ -245,8 +713,25 @@ impl Settings {
                     .into(),
             ));
         }
+        if let Err((key, message)) = self.health.validate() {
+            return Err(err(&format!("health.{key}"), message));
+        }
         let mut names = HashSet::new();
         for (i, v) in self.volumes.iter().enumerate() {
+            if let Err((key, message)) = self.health.with(&v.health).validate() {
+                return Err(err(&format!("volumes[{i}].health.{key}"), message));
+            }
+            let probes = v.probe.iter().map(|p| (format!("volumes[{i}].probe"), p));
+            let listed = v
+                .probes
+                .iter()
+                .enumerate()
+                .map(|(j, p)| (format!("volumes[{i}].probes[{j}]"), p));
+            for (key, probe) in probes.chain(listed) {
+                if let Err((field, message)) = probe.validate(v) {
+                    return Err(err(&format!("{key}.{field}"), message));
+                }
+            }
             let key = format!("volumes[{i}].name");
             if v.name.is_empty()
                 || v.name.len() > 64
@@ -455,6 +940,18 @@ pub mod duration {
             Raw::Number(n) => Err(serde::de::Error::custom(format!(
                 "a bare number ({n}) has no unit; write the duration like \"2s\" or \"500ms\""
             ))),
+        }
+    }
+
+    /// The same, for optional durations.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::Deserializer;
+
+        /// Deserialize `Some(duration)`; a missing key is `None` through `#[serde(default)]`.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
         }
     }
 }

@@ -23,5 +23,7 @@ pub mod exit;
 pub mod fuse;
 pub mod handles;
 pub mod inode;
+pub mod monitor;
+pub mod probe;
 pub mod routing;
 pub mod vfs;

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -17,19 +17,6 @@ const FUSE_EXCEPTIONS: &[(&str, &str)] = &[(
     "skipped: glibc's pathconf(_PC_LINK_MAX) knows limits only by filesystem magic, and answers \
      the 'unknown' 127 for every FUSE mount, so pjdfstest cannot learn LINK_MAX",
 )];
-
-fn tool(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(Path::new(&home).join(".cargo/bin"));
-    }
-    dirs.into_iter()
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} is not installed: run .ci/install-test-tools"))
-}
 
 struct PjdRun {
     passed: BTreeSet<String>,

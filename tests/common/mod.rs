@@ -2,6 +2,9 @@
 //! guards even when a test fails, and the `failoverfs` binary run as a child process.
 #![allow(dead_code)]
 
+pub mod fake_master;
+pub mod s3_server;
+
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -296,6 +299,34 @@ pub fn checksum(data: &[u8]) -> u64 {
         h = h.wrapping_mul(0x100000001b3);
     }
     h
+}
+
+/// A test tool installed by `.ci/install-test-tools` (on `PATH` or in `~/.cargo/bin`).
+pub fn tool(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is not installed: run .ci/install-test-tools"))
+}
+
+/// GET `url` and return the body (empty on failure).
+pub fn http_get(url: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        match reqwest::Client::new().get(url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    })
 }
 
 /// `errno` of the last failed libc call.
