@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::exit::Exit;
 use crate::fuse::session::{MountOptions, Mounted, Unmounted};
 use crate::fuse::{FuseFs, Ttls};
+use crate::monitor::{Monitor, Watched};
 use crate::routing::{Route, Router, Volume, WaitPolicy};
 use crate::vfs::{Vfs, VfsOptions};
 
@@ -49,6 +50,7 @@ pub struct Hooks {
 /// A mounted, serving failoverfs; see the module docs.
 pub struct App {
     runtime: tokio::runtime::Runtime,
+    monitor: Monitor,
     signals: Option<Signals>,
     vfs: Arc<Vfs>,
     volumes: Vec<Option<Arc<Volume>>>,
@@ -119,6 +121,24 @@ impl App {
             return Err(StartError("the volume table is empty".into()));
         };
 
+        // Probe every volume, the primary as the active one.
+        let client = crate::probe::http_client().map_err(StartError)?;
+        let watched = settings
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(index, v)| {
+                let policy = settings.health.with(&v.health);
+                Watched {
+                    index,
+                    name: v.name.clone(),
+                    probes: crate::probe::build(v, &policy, &client),
+                    policy,
+                }
+            })
+            .collect();
+        let monitor = Monitor::spawn(runtime.handle(), watched, 0);
+
         let router = Arc::new(Router::new(
             Route::serving(1, primary.clone()),
             WaitPolicy::default(),
@@ -159,6 +179,7 @@ impl App {
         );
         Ok(App {
             runtime,
+            monitor,
             signals: Some(signals),
             vfs,
             volumes,
@@ -176,6 +197,11 @@ impl App {
     /// The mount point.
     pub fn mount_path(&self) -> &Path {
         &self.mount_path
+    }
+
+    /// The volume monitor.
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
     }
 
     /// The opened volumes, in table order (`None` where a volume could not be opened).
@@ -209,6 +235,7 @@ impl App {
         let Some(mounted) = self.mounted.take() else {
             return Exit::Clean;
         };
+        self.monitor.shutdown();
         let router = self.vfs.router().clone();
         let route = router.current();
         route.gate().close();

@@ -1,8 +1,10 @@
-//! `failoverfs check`: open each volume once and report whether it could serve.
+//! `failoverfs check`: open each volume once, run its probes once, and report whether it could
+//! serve.
 
 use std::io::Write;
 
 use crate::config::Settings;
+use crate::probe::Verdict;
 
 /// One row of the report.
 #[derive(Debug, Clone)]
@@ -13,25 +15,65 @@ pub struct VolumeReport {
     pub role: String,
     /// Backend description.
     pub backend: String,
-    /// Whether the volume can serve.
+    /// Whether the volume can serve: it opens, and no probe says it is (being) deleted.
     pub usable: bool,
     /// Why not (or `-`).
     pub reason: String,
+    /// Each probe's answer, and the combined verdict.
+    pub probes: Vec<(&'static str, Verdict)>,
+    /// The combined verdict.
+    pub verdict: Verdict,
 }
 
-/// Open every volume once.
+/// Open every volume once and probe it once.
 pub fn check(settings: &Settings) -> Vec<VolumeReport> {
+    let setup = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+        .and_then(|rt| crate::probe::http_client().map(|c| (rt, c)));
+    let (runtime, client) = match setup {
+        Ok(both) => both,
+        Err(e) => {
+            return settings
+                .volumes
+                .iter()
+                .map(|v| VolumeReport {
+                    name: v.name.clone(),
+                    role: "-".into(),
+                    backend: v.backend.to_string(),
+                    usable: false,
+                    reason: e.clone(),
+                    probes: Vec::new(),
+                    verdict: Verdict::transient(
+                        crate::probe::TransientKind::Unexpected,
+                        "not probed",
+                    ),
+                })
+                .collect();
+        }
+    };
     settings
         .volumes
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let (usable, reason) = match crate::backend::open(&v.backend) {
-                Ok(b) => match b.statfs() {
-                    Ok(_) => (true, "-".to_string()),
-                    Err(e) => (false, format!("statfs failed: {e}")),
-                },
-                Err(e) => (false, format!("cannot open: {e}")),
+            let opened = crate::backend::open(&v.backend).and_then(|b| {
+                b.statfs().map_err(std::io::Error::from)?;
+                Ok(())
+            });
+            let policy = settings.health.with(&v.health);
+            let probes = crate::probe::build(v, &policy, &client);
+            let (verdict, answers) =
+                runtime.block_on(crate::monitor::probe_once(&probes, policy.timeout));
+            let (usable, reason) = match (&opened, &verdict) {
+                (Err(e), _) => (false, format!("cannot open: {e}")),
+                (Ok(()), Verdict::Deleted(e)) => (false, format!("deleted: {e}")),
+                (Ok(()), Verdict::PendingDelete(e)) => (false, format!("deletion pending: {e}")),
+                (Ok(()), Verdict::Transient { .. }) => {
+                    (true, format!("probe inconclusive: {verdict}"))
+                }
+                (Ok(()), Verdict::Healthy { .. }) => (true, "-".to_string()),
             };
             VolumeReport {
                 name: v.name.clone(),
@@ -43,12 +85,14 @@ pub fn check(settings: &Settings) -> Vec<VolumeReport> {
                 backend: v.backend.to_string(),
                 usable,
                 reason,
+                probes: answers,
+                verdict,
             }
         })
         .collect()
 }
 
-/// Print the report as a table.
+/// Print the report as a table, then each probe's answer.
 pub fn print(out: &mut dyn Write, rows: &[VolumeReport]) -> std::io::Result<()> {
     let headers = ["NAME", "ROLE", "BACKEND", "USABLE", "REASON"];
     let cells: Vec<[String; 5]> = rows
@@ -82,6 +126,13 @@ pub fn print(out: &mut dyn Write, rows: &[VolumeReport]) -> std::io::Result<()> 
     line(out, headers)?;
     for row in &cells {
         line(out, [&row[0], &row[1], &row[2], &row[3], &row[4]])?;
+    }
+    writeln!(out)?;
+    writeln!(out, "PROBES")?;
+    for r in rows {
+        for (kind, v) in &r.probes {
+            writeln!(out, "{}  {kind}: {v}", r.name)?;
+        }
     }
     Ok(())
 }

@@ -1061,6 +1061,94 @@ mod tests {
     }
 
     #[test]
+    fn probes_and_health_are_parsed_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let with = |extra: &str, health: &str| {
+            let body =
+                good(tmp.path()).replacen("name = \"a\"\n", &format!("name = \"a\"\n{extra}\n"), 1);
+            let body = format!("{body}\n[health]\n{health}\n");
+            Settings::load(&write(tmp.path(), &body), &Overrides::default())
+        };
+        let s = with(
+            "probe = { kind = \"cubefs\", masters = [\"10.0.0.1:17010\", \"m2:17010\"], volume = \"vol-1\" }\n\
+             probes = [{ kind = \"http\", url = \"http://x/h\", deleted = [\"404\", \"5xx\"] }, { kind = \"dir\", marker = \".vol\" }]\n\
+             health = { interval = \"2s\" }",
+            "confirmations = 4\non_pending_delete = \"wait\"",
+        )
+        .unwrap();
+        let v = &s.volumes[0];
+        assert!(matches!(v.probe, Some(ProbeSettings::Cubefs(_))));
+        assert_eq!(v.probes.len(), 2);
+        let eff = s.health.with(&v.health);
+        assert_eq!(eff.interval, Duration::from_secs(2));
+        assert_eq!(eff.confirmations, 4);
+        assert_eq!(eff.on_pending_delete, PendingPolicy::Wait);
+
+        let bad = [
+            (
+                "probe = { kind = \"cubefs\", masters = [] }",
+                "",
+                "volumes[0].probe.masters",
+            ),
+            (
+                "probe = { kind = \"cubefs\", masters = [\"nohost\"] }",
+                "",
+                "volumes[0].probe.masters",
+            ),
+            (
+                "probe = { kind = \"cubefs\", masters = [\"m:1\"], volume = \"-bad\" }",
+                "",
+                "volumes[0].probe.volume",
+            ),
+            (
+                "probe = { kind = \"cubefs\", masters = [\"m:1\"], mastrs = 1 }",
+                "",
+                "volumes[0].probe",
+            ),
+            (
+                "probe = { kind = \"http\", url = \"ftp://x\" }",
+                "",
+                "volumes[0].probe.url",
+            ),
+            (
+                "probe = { kind = \"http\", url = \"http://x\", healthy = [\"9xx\"] }",
+                "",
+                "volumes[0].probe.healthy",
+            ),
+            (
+                "probe = { kind = \"s3\", endpoint = \"not a url\" }",
+                "",
+                "volumes[0].probe.endpoint",
+            ),
+            (
+                "probe = { kind = \"dir\", marker = \"../x\" }",
+                "",
+                "volumes[0].probe.marker",
+            ),
+            ("probe = { kind = \"nfs\" }", "", "volumes[0].probe"),
+            ("", "confirmations = 0", "health.confirmations"),
+            ("", "weak_confirmations = 1", "health.weak_confirmations"),
+            ("", "interval = \"1ms\"", "health.interval"),
+            ("health = { jitter = 0.9 }", "", "volumes[0].health.jitter"),
+        ];
+        for (extra, health, key) in bad {
+            let e = with(extra, health).unwrap_err();
+            assert!(e.key.starts_with(key), "{extra} {health}: {e}");
+        }
+    }
+
+    #[test]
+    fn cubefs_names() {
+        assert!(cubefs_volume_name_ok("vol1"));
+        assert!(cubefs_volume_name_ok("a.b-c_d"));
+        assert!(!cubefs_volume_name_ok("ab"));
+        assert!(!cubefs_volume_name_ok("-ab"));
+        assert!(!cubefs_volume_name_ok("ab-"));
+        assert!(!cubefs_volume_name_ok("a b c"));
+        assert!(!cubefs_volume_name_ok(&"a".repeat(64)));
+    }
+
+    #[test]
     fn indexify_paths() {
         assert_eq!(
             indexify("volumes.1.backend.path"),

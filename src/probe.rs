@@ -280,14 +280,21 @@ fn default_for(backend: &BackendSettings) -> Arc<dyn Probe> {
 }
 
 /// The HTTP client every network probe shares: no proxy (health checks must reach the server
-/// itself), short connect timeout, no connection reuse surprises.
-pub fn http_client() -> reqwest::Client {
+/// itself), a short connect timeout, TLS through rustls (ring) with the platform's trust store.
+pub fn http_client() -> Result<reqwest::Client, String> {
+    // The process-wide TLS provider; a second install (another client) is a harmless no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(std::time::Duration::from_secs(1))
         .pool_idle_timeout(std::time::Duration::from_secs(30))
         .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+        .map_err(|e| {
+            format!(
+                "cannot build the HTTP client for probes: {}",
+                error_chain(&e)
+            )
+        })
 }
 
 /// Classify a transport failure of an HTTP request.
@@ -391,6 +398,13 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_probe_client_supports_https() {
+        let client = http_client().unwrap();
+        // Building an https request needs the TLS provider; nothing is sent.
+        assert!(client.get("https://127.0.0.1:1/").build().is_ok());
     }
 
     #[test]

@@ -152,6 +152,32 @@ fn check_prints_the_volume_table() {
 }
 
 #[test]
+fn check_runs_the_probes_once_and_reports_their_answers() {
+    use common::fake_master::{FakeCluster, VolState};
+    let c = FakeCluster::start(1);
+    c.create("vol1");
+    let masters = format!("{:?}", c.addrs());
+    let l = Layout::new(2, "", "");
+    // The primary is the CubeFS volume `vol1` (its probe also watches the dir root).
+    let probe = format!(
+        "probes = [{{ kind = \"cubefs\", masters = {masters}, volume = \"vol1\" }}, {{ kind = \"dir\" }}]\n"
+    );
+    let text = std::fs::read_to_string(&l.config).unwrap();
+    let text = text.replacen("name = \"v0\"\n", &format!("name = \"v0\"\n{probe}"), 1);
+    std::fs::write(&l.config, text).unwrap();
+    let cfg = l.config.to_str().unwrap();
+    let (code, out, err) = run(&["check", "--config", cfg], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("v0  cubefs: healthy"), "{out}");
+    assert!(out.contains("v0  dir: healthy"), "{out}");
+    c.set("vol1", VolState::Gone);
+    let (code, out, _) = run(&["check", "--config", cfg], &[]);
+    assert_eq!(code, 1, "a deleted primary is not usable: {out}");
+    assert!(out.contains("v0  cubefs: deleted"), "{out}");
+    assert!(out.lines().nth(1).unwrap().contains(" no "), "{out}");
+}
+
+#[test]
 fn help_explains_every_flag() {
     for (cmd, flags) in [
         (

@@ -15,14 +15,6 @@ use failoverfs::probe::dir::DirProbe;
 use failoverfs::probe::s3::S3Probe;
 use failoverfs::probe::{Probe, Strength, TransientKind, Verdict};
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn cubefs(masters: Vec<String>, timeout_ms: u64, cluster: Option<&str>) -> CubefsProbe {
     let s = CubefsProbeSettings {
         masters,
@@ -34,7 +26,7 @@ fn cubefs(masters: Vec<String>, timeout_ms: u64, cluster: Option<&str>) -> Cubef
         &s,
         "vol1",
         Duration::from_secs(30),
-        failoverfs::probe::http_client(),
+        failoverfs::probe::http_client().unwrap(),
     )
 }
 
@@ -47,7 +39,7 @@ fn kind(v: &Verdict) -> Option<TransientKind> {
 
 #[test]
 fn cubefs_probe_reads_every_volume_state() {
-    let rt = rt();
+    let rt = runtime();
     let c = FakeCluster::start(1);
     c.create("vol1");
     let p = cubefs(c.addrs(), 500, None);
@@ -97,7 +89,7 @@ fn cubefs_probe_reads_every_volume_state() {
 
 #[test]
 fn the_probe_does_not_rely_on_the_lagging_client_view() {
-    let rt = rt();
+    let rt = runtime();
     let c = FakeCluster::start(1);
     c.create("vol1");
     c.set_client_vol_lag(Duration::from_secs(20));
@@ -118,7 +110,7 @@ fn the_probe_does_not_rely_on_the_lagging_client_view() {
 
 #[test]
 fn cubefs_fault_modes_are_transient() {
-    let rt = rt();
+    let rt = runtime();
     let c = FakeCluster::start(1);
     c.create("vol1");
     let p = cubefs(c.addrs(), 300, None);
@@ -179,7 +171,7 @@ fn cubefs_fault_modes_are_transient() {
 
 #[test]
 fn masters_are_tried_last_good_first_then_in_order() {
-    let rt = rt();
+    let rt = runtime();
     let c = FakeCluster::start(3);
     c.create("vol1");
     let p = cubefs(c.addrs(), 300, None);
@@ -211,7 +203,7 @@ fn masters_are_tried_last_good_first_then_in_order() {
 
 #[test]
 fn black_holed_masters_cost_one_timeout_each() {
-    let rt = rt();
+    let rt = runtime();
     let c = FakeCluster::start(3);
     c.create("vol1");
     c.set_leader(2);
@@ -226,7 +218,7 @@ fn black_holed_masters_cost_one_timeout_each() {
 
 #[test]
 fn followers_proxy_or_fail_when_the_leader_is_down() {
-    let rt = rt();
+    let rt = runtime();
     let c = FakeCluster::start(2);
     c.create("vol1");
     c.set("vol1", VolState::Gone);
@@ -248,7 +240,7 @@ fn followers_proxy_or_fail_when_the_leader_is_down() {
 
 #[test]
 fn a_deletion_from_another_cluster_does_not_count() {
-    let rt = rt();
+    let rt = runtime();
     let c = FakeCluster::start(1);
     c.set_cluster_name("someone-else");
     let p = cubefs(c.addrs(), 300, Some("cfs_test"));
@@ -263,7 +255,7 @@ fn a_deletion_from_another_cluster_does_not_count() {
 
 #[test]
 fn master_restart_is_never_a_deletion() {
-    let rt = rt();
+    let rt = runtime();
     let c = Arc::new(FakeCluster::start(1));
     c.create("vol1");
     let p = cubefs(c.addrs(), 200, None);
@@ -298,12 +290,12 @@ fn s3_probe(endpoint: &str, bucket: &str, creds_file: Option<std::path::PathBuf>
         credentials_file: creds_file,
         timeout: Duration::from_secs(2),
     };
-    S3Probe::new(&s, "unused", failoverfs::probe::http_client())
+    S3Probe::new(&s, "unused", failoverfs::probe::http_client().unwrap())
 }
 
 #[test]
 fn s3_probe_against_a_real_server() {
-    let rt = rt();
+    let rt = runtime();
     let mut server = S3Server::start();
     assert_eq!(server.create_bucket("vol1"), 200);
     let dir = tempfile::tempdir().unwrap();
@@ -346,7 +338,7 @@ fn s3_probe_against_a_real_server() {
 
 #[test]
 fn dir_probe_require_mountpoint_on_a_real_tmpfs() {
-    let rt = rt();
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("vol");
     std::fs::create_dir(&root).unwrap();
@@ -388,7 +380,7 @@ fn dir_probe_require_mountpoint_on_a_real_tmpfs() {
 
 #[test]
 fn dir_probe_on_a_hung_filesystem_is_transient_and_never_blocks_the_runtime() {
-    let rt = rt();
+    let rt = runtime();
     // A real FUSE mount whose backend blocks every operation: a hung network filesystem.
     let fx = Fixture::new(1);
     std::fs::create_dir(fx.path("vol")).unwrap();

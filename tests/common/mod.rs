@@ -315,6 +315,15 @@ pub fn tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{name} is not installed: run .ci/install-test-tools"))
 }
 
+/// A small multi-thread tokio runtime for tests that drive async code from sync tests.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// GET `url` and return the body (empty on failure).
 pub fn http_get(url: &str) -> String {
     let rt = tokio::runtime::Builder::new_current_thread()
