@@ -1,35 +1,37 @@
-//! The running process: open the volumes, mount, serve until told to stop, stop cleanly.
+//! The running process: open the volumes, mount, then a supervisor task that owns the mount and
+//! the switch controller and reacts to confirmed deletions, signals and commands.
 //!
 //! Invariants:
 //! - [`App::start`] returns only with the mount live and serving the primary (route generation 1).
-//! - Stopping (signal, [`App::shutdown`], or drop) closes the route's gate, lets in-flight
-//!   operations finish (at most the drain timeout), fences the route so nothing new starts, then
-//!   unmounts (lazily if files are open). Nothing stays mounted after the process ends.
+//! - The supervisor does one thing at a time: a switch, a stop, or waiting. It is the only
+//!   writer of the route after startup (through [`Controller`]).
+//! - On a confirmed deletion of the active volume: switch to the next healthy standby, or (none,
+//!   or `on_delete = "exit"`) fence the route, unmount (or keep the mount fenced until an
+//!   operator unmounts it) and end with [`Exit::VolumeDeleted`] after one final log line.
+//! - SIGINT/SIGTERM: finish what is in flight (a switch included), then stop: close the gate,
+//!   drain, fence, unmount (lazily if files are open), [`Exit::Clean`]. A second signal skips
+//!   the waiting, still unmounting. Nothing stays mounted after the process ends.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::backend::Backend;
-use crate::config::Settings;
+use crate::config::{FailoverSettings, LeaveMount, Settings};
 use crate::exit::Exit;
+use crate::failover::{AuditEntry, Controller, KernelCache, Outcome, Trigger};
 use crate::fuse::session::{MountOptions, Mounted, Unmounted};
-use crate::fuse::{FuseFs, Ttls};
-use crate::monitor::{Monitor, Watched};
+use crate::fuse::{FuseFs, NotifierCache, Ttls};
+use crate::monitor::{Health, Monitor, Watched};
 use crate::routing::{Route, Router, Volume, WaitPolicy};
 use crate::vfs::{Vfs, VfsOptions};
 
-/// How long a stop waits for in-flight operations.
-const STOP_DRAIN: Duration = Duration::from_secs(5);
 /// How long an unmount waits for open files before aborting the connection.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
-
-struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
 
 /// Why the process could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,20 +49,29 @@ pub struct Hooks {
     pub wrap_backend: Option<Box<WrapBackend>>,
 }
 
+enum Command {
+    Stop,
+    Switch {
+        target: Option<usize>,
+        reason: String,
+        reply: oneshot::Sender<Outcome>,
+    },
+}
+
 /// A mounted, serving failoverfs; see the module docs.
 pub struct App {
     runtime: tokio::runtime::Runtime,
-    monitor: Monitor,
-    signals: Option<Signals>,
     vfs: Arc<Vfs>,
+    monitor: Arc<Monitor>,
+    audit: Arc<Mutex<Vec<AuditEntry>>>,
     volumes: Vec<Option<Arc<Volume>>>,
-    mounted: Option<Mounted>,
-    ended: Arc<Notify>,
+    commands: mpsc::UnboundedSender<Command>,
+    done: Option<tokio::task::JoinHandle<Exit>>,
     mount_path: PathBuf,
 }
 
 impl App {
-    /// Open the volumes, build the first route and mount.
+    /// Open the volumes, build the first route, mount, and start supervising.
     pub fn start(settings: &Settings) -> Result<App, StartError> {
         Self::start_with(settings, Hooks::default())
     }
@@ -78,17 +89,8 @@ impl App {
         // Listen for stop signals before the mount exists, so a signal never finds the default
         // action (terminate without unmounting) in place.
         let signals = {
-            use tokio::signal::unix::{SignalKind, signal};
             let _rt = runtime.enter();
-            match (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) {
-                (Ok(int), Ok(term)) => Signals { int, term },
-                (Err(e), _) | (_, Err(e)) => {
-                    return Err(StartError(format!("cannot listen for signals: {e}")));
-                }
-            }
+            Signals::new()?
         };
 
         let mut volumes = Vec::with_capacity(settings.volumes.len());
@@ -112,7 +114,7 @@ impl App {
                     )));
                 }
                 Err(e) => {
-                    tracing::warn!(volume = %v.name, backend = %v.backend, error = %e, "standby volume not usable");
+                    tracing::warn!(volume = %v.name, backend = %v.backend, error = %e, "standby volume cannot be opened; it will not be switched to");
                     volumes.push(None);
                 }
             }
@@ -137,17 +139,22 @@ impl App {
                 }
             })
             .collect();
-        let monitor = Monitor::spawn(runtime.handle(), watched, 0);
+        let monitor = Arc::new(Monitor::spawn(runtime.handle(), watched, 0));
 
+        let failover = effective_failover(settings.failover);
         let router = Arc::new(Router::new(
             Route::serving(1, primary.clone()),
-            WaitPolicy::default(),
+            WaitPolicy {
+                queue: failover.queue,
+                max_wait: failover.drain_timeout,
+                errno: failover.errno.0,
+            },
         ));
         let vfs = Arc::new(Vfs::new(
-            router,
+            router.clone(),
             VfsOptions {
                 read_only: settings.mount.read_only,
-                ..Default::default()
+                stale_errno: failover.stale_errno.0,
             },
         ));
         let ended = Arc::new(Notify::new());
@@ -177,14 +184,39 @@ impl App {
             auto_unmount = mounted.auto_unmount(),
             "mounted"
         );
+        let cache: Arc<dyn KernelCache> = Arc::new(NotifierCache::new(mounted.notifier()));
+        let controller = Controller::new(
+            router.clone(),
+            vfs.clone(),
+            volumes.clone(),
+            failover,
+            Some(cache),
+        );
+        let audit = controller.audit();
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let supervisor = Supervisor {
+            mounted: Some(mounted),
+            controller,
+            monitor: monitor.clone(),
+            router,
+            signals,
+            signals_seen: 0,
+            stop_requested: false,
+            commands: command_rx,
+            ended,
+            settings: failover,
+            mount_path: mount_path.clone(),
+            active: 0,
+        };
+        let done = runtime.spawn(supervisor.run());
         Ok(App {
             runtime,
-            monitor,
-            signals: Some(signals),
             vfs,
+            monitor,
+            audit,
             volumes,
-            mounted: Some(mounted),
-            ended,
+            commands,
+            done: Some(done),
             mount_path,
         })
     }
@@ -194,14 +226,19 @@ impl App {
         &self.vfs
     }
 
-    /// The mount point.
-    pub fn mount_path(&self) -> &Path {
-        &self.mount_path
-    }
-
     /// The volume monitor.
     pub fn monitor(&self) -> &Monitor {
         &self.monitor
+    }
+
+    /// Every switch so far.
+    pub fn audit(&self) -> Vec<AuditEntry> {
+        self.audit.lock().clone()
+    }
+
+    /// The mount point.
+    pub fn mount_path(&self) -> &Path {
+        &self.mount_path
     }
 
     /// The opened volumes, in table order (`None` where a volume could not be opened).
@@ -209,59 +246,47 @@ impl App {
         &self.volumes
     }
 
-    /// Serve until SIGINT/SIGTERM or until the mount goes away, then stop.
+    /// Switch now, to `target` or to the next healthy volume (drills, tests, and later the admin
+    /// API). Goes through the same steps as a switch on a confirmed deletion.
+    pub fn switch_to(&self, target: Option<usize>, reason: &str) -> Option<Outcome> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Switch {
+                target,
+                reason: reason.to_string(),
+                reply,
+            })
+            .ok()?;
+        self.runtime.block_on(rx).ok()
+    }
+
+    /// How the process ended, if it has (without waiting).
+    pub fn exited(&mut self) -> Option<Exit> {
+        if self.done.as_ref().is_some_and(|d| d.is_finished()) {
+            return Some(self.wait());
+        }
+        None
+    }
+
+    /// Serve until the supervisor ends (signal, deletion, outside unmount).
     pub fn run(mut self) -> Exit {
-        let ended = self.ended.clone();
-        let Some(mut signals) = self.signals.take() else {
-            return self.stop();
-        };
-        let why = self.runtime.block_on(async move {
-            tokio::select! {
-                _ = signals.int.recv() => "SIGINT",
-                _ = signals.term.recv() => "SIGTERM",
-                _ = ended.notified() => "unmounted from outside",
-            }
-        });
-        tracing::info!(reason = why, "stopping");
-        self.stop()
+        self.wait()
     }
 
     /// Stop now: drain, fence, unmount.
     pub fn shutdown(mut self) -> Exit {
-        self.stop()
+        let _ = self.commands.send(Command::Stop);
+        self.wait()
     }
 
-    fn stop(&mut self) -> Exit {
-        let Some(mounted) = self.mounted.take() else {
+    fn wait(&mut self) -> Exit {
+        let Some(done) = self.done.take() else {
             return Exit::Clean;
         };
-        self.monitor.shutdown();
-        let router = self.vfs.router().clone();
-        let route = router.current();
-        route.gate().close();
-        let drained = self.runtime.block_on(route.gate().wait_drained(STOP_DRAIN));
-        if !drained {
-            tracing::warn!(
-                in_flight = route.gate().in_flight(),
-                "operations still running after the drain timeout; unmounting anyway"
-            );
-        }
-        router.publish(Route::fenced(
-            route.generation() + 1,
-            route.volume().clone(),
-            libc::ENOTCONN,
-        ));
-        match mounted.unmount(UNMOUNT_GRACE) {
-            Ok(Unmounted::Clean) | Ok(Unmounted::Gone) => {
-                tracing::info!(mount = %self.mount_path.display(), "unmounted");
-                Exit::Clean
-            }
-            Ok(Unmounted::Detached) => {
-                tracing::info!(mount = %self.mount_path.display(), "unmounted (lazily: files were open)");
-                Exit::Clean
-            }
+        match self.runtime.block_on(done) {
+            Ok(exit) => exit,
             Err(e) => {
-                tracing::error!(mount = %self.mount_path.display(), error = %e, "unmount failed");
+                tracing::error!(error = %e, "the supervisor failed");
                 Exit::Failure
             }
         }
@@ -270,8 +295,322 @@ impl App {
 
 impl Drop for App {
     fn drop(&mut self) {
-        if self.mounted.is_some() {
-            self.stop();
+        if self.done.is_some() {
+            let _ = self.commands.send(Command::Stop);
+            self.wait();
+        }
+        self.monitor.shutdown();
+    }
+}
+
+/// Keep every waiting operation well inside the kernel's own FUSE request timeout, when the
+/// kernel has one: past it, the kernel aborts the whole connection.
+fn effective_failover(mut f: FailoverSettings) -> FailoverSettings {
+    if let Some(limit) = kernel_request_timeout()
+        && f.drain_timeout + Duration::from_secs(1) >= limit
+    {
+        let clamped = limit / 2;
+        tracing::warn!(
+            drain_timeout = ?f.drain_timeout,
+            kernel_timeout = ?limit,
+            using = ?clamped,
+            "failover.drain_timeout is too close to the kernel's FUSE request timeout; lowering it"
+        );
+        f.drain_timeout = clamped;
+    }
+    f
+}
+
+/// The kernel's FUSE request timeout, if one is configured (Linux 6.14+).
+fn kernel_request_timeout() -> Option<Duration> {
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/sys/fs/fuse/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+            .filter(|v| *v > 0)
+    };
+    match (read("default_request_timeout"), read("max_request_timeout")) {
+        (Some(d), Some(m)) => Some(Duration::from_secs(d.min(m))),
+        (Some(d), None) => Some(Duration::from_secs(d)),
+        _ => None,
+    }
+}
+
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, StartError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(int), Ok(term)) => Ok(Signals { int, term }),
+            (Err(e), _) | (_, Err(e)) => Err(StartError(format!("cannot listen for signals: {e}"))),
+        }
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+}
+
+struct Supervisor {
+    mounted: Option<Mounted>,
+    controller: Controller,
+    monitor: Arc<Monitor>,
+    router: Arc<Router>,
+    signals: Signals,
+    signals_seen: u32,
+    stop_requested: bool,
+    commands: mpsc::UnboundedReceiver<Command>,
+    ended: Arc<Notify>,
+    settings: FailoverSettings,
+    mount_path: PathBuf,
+    active: usize,
+}
+
+impl Supervisor {
+    async fn run(mut self) -> Exit {
+        loop {
+            let Some(mut state) = self.monitor.subscribe(self.active) else {
+                return self.stop(true).await;
+            };
+            let deleted = {
+                let s = state.borrow_and_update();
+                match &s.health {
+                    Health::Deleted {
+                        evidence, pending, ..
+                    } => Some((evidence.to_string(), *pending, s.since)),
+                    _ => None,
+                }
+            };
+            if let Some((evidence, pending, since)) = deleted {
+                let trigger = Trigger::Deleted { evidence, pending };
+                if let Some(exit) = self.switch(trigger, since).await {
+                    return exit;
+                }
+                continue;
+            }
+            tokio::select! {
+                sig = self.signals.recv() => {
+                    self.signals_seen += 1;
+                    tracing::info!(signal = sig, "stopping");
+                    return self.stop(false).await;
+                }
+                _ = self.ended.notified() => {
+                    tracing::info!(mount = %self.mount_path.display(), "unmounted from outside; stopping");
+                    self.mounted = None;
+                    return Exit::Clean;
+                }
+                cmd = self.commands.recv() => match cmd {
+                    None | Some(Command::Stop) => return self.stop(false).await,
+                    Some(Command::Switch { target, reason, reply }) => {
+                        let trigger = Trigger::Manual { target, reason };
+                        let (exit, outcome) = self.manual_switch(trigger).await;
+                        let _ = reply.send(outcome);
+                        if let Some(exit) = exit {
+                            return exit;
+                        }
+                    }
+                },
+                _ = state.changed() => {}
+            }
+        }
+    }
+
+    /// Run a switch, signals counted meanwhile: the first lets it finish, the second forces.
+    async fn run_switch(&mut self, trigger: Trigger) -> Outcome {
+        let healths: Vec<Health> = self
+            .monitor
+            .states()
+            .into_iter()
+            .map(|s| s.health)
+            .collect();
+        let signals = &mut self.signals;
+        let seen = &mut self.signals_seen;
+        let stop_requested = &mut self.stop_requested;
+        let forced = async move {
+            loop {
+                let sig = signals.recv().await;
+                *seen += 1;
+                *stop_requested = true;
+                if *seen >= 2 {
+                    tracing::warn!(signal = sig, "second signal: forcing the stop");
+                    return;
+                }
+                tracing::info!(signal = sig, "stop requested: finishing the switch first");
+            }
+        };
+        self.controller.switch(trigger, &healths, forced).await
+    }
+
+    /// A switch after a confirmed deletion; `Some(exit)` when the process must end.
+    async fn switch(&mut self, trigger: Trigger, confirmed_at: Instant) -> Option<Exit> {
+        let evidence = match &trigger {
+            Trigger::Deleted { evidence, .. } => evidence.clone(),
+            Trigger::Manual { .. } => "-".into(),
+        };
+        let from = self.router.current().volume().name.clone();
+        match self.run_switch(trigger).await {
+            Outcome::Swapped { to, .. } => {
+                self.active = to;
+                self.monitor.set_active(to);
+                if self.stop_requested {
+                    return Some(self.stop(false).await);
+                }
+                None
+            }
+            Outcome::Interrupted => Some(self.stop(true).await),
+            Outcome::NoTarget => Some(self.volume_deleted(&from, &evidence, confirmed_at).await),
+        }
+    }
+
+    /// A manual switch: on no target, the current volume keeps serving.
+    async fn manual_switch(&mut self, trigger: Trigger) -> (Option<Exit>, Outcome) {
+        let outcome = self.run_switch(trigger).await;
+        let exit = match outcome {
+            Outcome::Swapped { to, .. } => {
+                self.active = to;
+                self.monitor.set_active(to);
+                None
+            }
+            Outcome::NoTarget => {
+                // Reopen: the same volume under a new generation.
+                let old = self.router.current();
+                let generation = old.generation() + 1;
+                self.controller.reopen(generation, old.volume().clone());
+                None
+            }
+            Outcome::Interrupted => Some(self.stop(true).await),
+        };
+        let exit = match exit {
+            None if self.stop_requested => Some(self.stop(false).await),
+            e => e,
+        };
+        (exit, outcome)
+    }
+
+    /// The active volume is gone and nothing can take over: fence, unmount (or stay fenced),
+    /// one final line, exit 3.
+    async fn volume_deleted(
+        &mut self,
+        volume: &str,
+        evidence: &str,
+        confirmed_at: Instant,
+    ) -> Exit {
+        let old = self.router.current();
+        let in_flight = self
+            .controller
+            .audit()
+            .lock()
+            .last()
+            .map(|a| (a.in_flight, a.still_running))
+            .unwrap_or((0, 0));
+        self.router.publish(Route::fenced(
+            old.generation() + 1,
+            old.volume().clone(),
+            self.settings.fence_errno.0,
+        ));
+        let fenced = self.settings.leave_mount == LeaveMount::Fenced;
+        if !fenced {
+            self.unmount(false).await;
+        }
+        let took_ms = confirmed_at.elapsed().as_secs_f64() * 1000.0;
+        tracing::error!(
+            volume,
+            evidence,
+            drained = in_flight.0 - in_flight.1,
+            still_running = in_flight.1,
+            took_ms,
+            mount = %self.mount_path.display(),
+            mount_left = if fenced { "fenced" } else { "unmounted" },
+            exit_code = Exit::VolumeDeleted as u8,
+            "volume deleted, no usable standby: do not restart"
+        );
+        if fenced {
+            // Answer every operation with the fence errno until an operator unmounts.
+            tokio::select! {
+                _ = self.ended.notified() => { self.mounted = None; }
+                _ = self.signals.recv() => { self.unmount(false).await; }
+                _ = async { while let Some(c) = self.commands.recv().await {
+                    if matches!(c, Command::Stop) { break; }
+                } } => { self.unmount(false).await; }
+            }
+        }
+        Exit::VolumeDeleted
+    }
+
+    /// Stop: close the gate, drain (unless forced; a signal meanwhile forces), fence, unmount.
+    async fn stop(&mut self, force: bool) -> Exit {
+        let route = self.router.current();
+        route.gate().close();
+        if !force && route.fenced_errno().is_none() {
+            let drain = route.gate().wait_drained(self.settings.drain_timeout);
+            let drained = tokio::select! {
+                d = drain => d,
+                _ = self.signals.recv() => {
+                    tracing::warn!("second signal: not waiting for in-flight operations");
+                    false
+                }
+            };
+            if !drained {
+                tracing::warn!(
+                    in_flight = route.gate().in_flight(),
+                    "operations still running; unmounting anyway"
+                );
+            }
+        }
+        if route.fenced_errno().is_none() {
+            self.router.publish(Route::fenced(
+                route.generation() + 1,
+                route.volume().clone(),
+                libc::ENOTCONN,
+            ));
+        }
+        if self.unmount(force).await {
+            Exit::Clean
+        } else {
+            Exit::Failure
+        }
+    }
+
+    async fn unmount(&mut self, force: bool) -> bool {
+        let Some(mounted) = self.mounted.take() else {
+            return true;
+        };
+        let grace = if force {
+            Duration::from_millis(200)
+        } else {
+            UNMOUNT_GRACE
+        };
+        let path = self.mount_path.clone();
+        let res = tokio::task::spawn_blocking(move || mounted.unmount(grace)).await;
+        match res {
+            Ok(Ok(Unmounted::Clean)) | Ok(Ok(Unmounted::Gone)) => {
+                tracing::info!(mount = %path.display(), "unmounted");
+                true
+            }
+            Ok(Ok(Unmounted::Detached)) => {
+                tracing::info!(mount = %path.display(), "unmounted (lazily: files were open)");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(mount = %path.display(), error = %e, "unmount failed");
+                false
+            }
+            Err(e) => {
+                tracing::error!(mount = %path.display(), error = %e, "unmount task failed");
+                false
+            }
         }
     }
 }

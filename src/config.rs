@@ -38,6 +38,9 @@ pub struct Settings {
     /// How volumes are probed and when a deletion counts as confirmed.
     #[serde(default)]
     pub health: HealthSettings,
+    /// What happens when the active volume's deletion is confirmed.
+    #[serde(default)]
+    pub failover: FailoverSettings,
     /// The ordered volume table: primary first, then standbys.
     #[serde(default)]
     pub volumes: Vec<VolumeSettings>,
@@ -127,6 +130,102 @@ pub struct VolumeSettings {
     /// Per-volume overrides of `[health]`.
     #[serde(default)]
     pub health: HealthOverride,
+}
+
+/// `[failover]`: what a confirmed deletion of the active volume does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverSettings {
+    /// Switch to the next healthy standby, or exit (code 3) at once.
+    pub on_delete: OnDelete,
+    /// How long in-flight operations may take to finish on the dying volume, and how long new
+    /// operations wait for the new route. Keep it well under the kernel's FUSE request timeout.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+    /// Let new operations wait for the new route (`true`), or fail them at once with `errno`.
+    pub queue: bool,
+    /// What an operation that finds no route gets (queueing off, or waited too long).
+    pub errno: Errno,
+    /// What an open handle whose file is missing on the new volume gets.
+    pub stale_errno: Errno,
+    /// With no usable standby: unmount and exit 3, or keep the mount fenced (every operation
+    /// fails with `fence_errno`) until an operator unmounts it, then exit 3.
+    pub leave_mount: LeaveMount,
+    /// What every operation gets on a fenced mount.
+    pub fence_errno: Errno,
+}
+
+impl Default for FailoverSettings {
+    fn default() -> Self {
+        FailoverSettings {
+            on_delete: OnDelete::Failover,
+            drain_timeout: Duration::from_secs(5),
+            queue: true,
+            errno: Errno(libc::EIO),
+            stale_errno: Errno(libc::ESTALE),
+            leave_mount: LeaveMount::Unmount,
+            fence_errno: Errno(libc::ENODEV),
+        }
+    }
+}
+
+/// `on_delete`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDelete {
+    /// Switch to the next healthy standby.
+    Failover,
+    /// Exit with code 3 without trying a standby.
+    Exit,
+}
+
+/// `leave_mount`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaveMount {
+    /// Unmount (lazily when busy), then exit 3.
+    Unmount,
+    /// Keep the mount and fail every operation until an operator unmounts it, then exit 3.
+    Fenced,
+}
+
+/// An errno given by name in the configuration (`"EIO"`, `"ESTALE"`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+const ERRNO_NAMES: &[(&str, i32)] = &[
+    ("EIO", libc::EIO),
+    ("ESTALE", libc::ESTALE),
+    ("ENOTCONN", libc::ENOTCONN),
+    ("ENODEV", libc::ENODEV),
+    ("ENXIO", libc::ENXIO),
+    ("EHOSTDOWN", libc::EHOSTDOWN),
+    ("ETIMEDOUT", libc::ETIMEDOUT),
+    ("EAGAIN", libc::EAGAIN),
+    ("EBUSY", libc::EBUSY),
+    ("EROFS", libc::EROFS),
+    ("EACCES", libc::EACCES),
+    ("EPERM", libc::EPERM),
+    ("ENOENT", libc::ENOENT),
+    ("ENOMEDIUM", libc::ENOMEDIUM),
+    ("ESHUTDOWN", libc::ESHUTDOWN),
+];
+
+impl<'de> Deserialize<'de> for Errno {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        ERRNO_NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.trim()))
+            .map(|(_, v)| Errno(*v))
+            .ok_or_else(|| {
+                let known: Vec<&str> = ERRNO_NAMES.iter().map(|(n, _)| *n).collect();
+                serde::de::Error::custom(format!(
+                    "unknown errno {name:?}; use one of {}",
+                    known.join(", ")
+                ))
+            })
+    }
 }
 
 /// `[health]`: probing and the confirmation policy.
@@ -702,6 +801,13 @@ impl Settings {
             if ttl > Duration::from_secs(3600) {
                 return Err(err(key, "must be at most 1h".into()));
             }
+        }
+        let drain = self.failover.drain_timeout;
+        if drain < Duration::from_millis(100) || drain > Duration::from_secs(60) {
+            return Err(err(
+                "failover.drain_timeout",
+                "must be between 100ms and 60s (operations wait this long during a switch)".into(),
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(err("log.level", format!("not a valid filter: {e}")));

@@ -36,6 +36,28 @@ thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The kernel's caches, dropped through fuser's `Notifier`. Only the switch controller uses it,
+/// from a blocking thread, never from a FUSE worker.
+pub struct NotifierCache(fuser::Notifier);
+
+impl NotifierCache {
+    /// Wrap the session's notifier.
+    pub fn new(n: fuser::Notifier) -> NotifierCache {
+        NotifierCache(n)
+    }
+}
+
+impl crate::failover::KernelCache for NotifierCache {
+    fn invalidate_inode(&self, ino: u64) -> std::io::Result<()> {
+        // Offset 0, length 0: attributes and every cached page.
+        self.0.inval_inode(INodeNo(ino), 0, 0)
+    }
+
+    fn invalidate_entry(&self, parent: u64, name: &OsStr) -> std::io::Result<()> {
+        self.0.inval_entry(INodeNo(parent), name)
+    }
+}
+
 /// Cache lifetimes handed to the kernel.
 #[derive(Clone, Copy, Debug)]
 pub struct Ttls {

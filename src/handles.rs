@@ -248,6 +248,21 @@ impl HandleTable {
         None
     }
 
+    /// Call `f` with the inode of every open file handle.
+    pub fn for_each_file(&self, mut f: impl FnMut(u64)) {
+        for shard in self.shards.iter() {
+            let inos: Vec<u64> = shard
+                .read()
+                .values()
+                .filter_map(|h| match &**h {
+                    Handle::File(f) => Some(f.ino),
+                    Handle::Dir(_) => None,
+                })
+                .collect();
+            inos.into_iter().for_each(&mut f);
+        }
+    }
+
     /// Number of open handles.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().len()).sum()

@@ -20,6 +20,7 @@ pub mod check;
 pub mod config;
 pub mod error;
 pub mod exit;
+pub mod failover;
 pub mod fuse;
 pub mod handles;
 pub mod inode;

@@ -226,6 +226,7 @@ pub struct Router {
     published: Mutex<u64>,
     republished: Condvar,
     waiting: AtomicU64,
+    queued: AtomicU64,
 }
 
 impl Router {
@@ -238,6 +239,7 @@ impl Router {
             published: Mutex::new(generation),
             republished: Condvar::new(),
             waiting: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
         }
     }
 
@@ -254,6 +256,11 @@ impl Router {
     /// Operations currently waiting for a route.
     pub fn waiting(&self) -> u64 {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Operations that ever waited for a route (a counter).
+    pub fn queued_total(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Admit an operation to the current route, waiting (bounded) while its gate is closed.
@@ -285,6 +292,7 @@ impl Router {
     fn enter_after(&self, generation: u64) -> Result<Ticket> {
         let deadline = Instant::now() + self.policy.max_wait;
         let mut after = generation;
+        let mut counted = false;
         loop {
             let route = self.current.load();
             if let Some(errno) = route.fenced {
@@ -302,6 +310,10 @@ impl Router {
             let mut published = self.published.lock();
             // Re-check under the lock: a publish between our load and here has already notified.
             if *published <= after {
+                if !counted {
+                    self.queued.fetch_add(1, Ordering::Relaxed);
+                    counted = true;
+                }
                 self.waiting.fetch_add(1, Ordering::Relaxed);
                 let timed_out = self
                     .republished

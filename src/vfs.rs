@@ -15,9 +15,10 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::{Attr, Caller, FileKind, OpenFile, SetAttr, StatFs};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::handles::{Handle, HandleTable, Listed, Reopen};
 use crate::inode::InodeTable;
 use crate::routing::{Router, Ticket, Volume};
@@ -79,6 +80,7 @@ pub struct Vfs {
     inodes: InodeTable,
     handles: HandleTable,
     opts: VfsOptions,
+    retried: AtomicU64,
 }
 
 impl Vfs {
@@ -92,7 +94,29 @@ impl Vfs {
             inodes,
             handles: HandleTable::new(),
             opts,
+            retried: AtomicU64::new(0),
         }
+    }
+
+    /// Operations retried on a new route after failing on the old one (a counter).
+    pub fn retried_total(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+
+    /// Open file handles whose file does not exist on `volume` (they will answer the stale errno
+    /// once used there).
+    pub fn handles_missing_on(&self, volume: &Volume) -> u64 {
+        let mut missing = 0;
+        self.handles.for_each_file(|ino| {
+            let gone = match self.inodes.path(ino) {
+                Ok(path) => {
+                    matches!(volume.backend.stat(&path), Err(e) if e.errno() == libc::ENOENT)
+                }
+                Err(_) => true,
+            };
+            missing += gone as u64;
+        });
+        missing
     }
 
     /// The routing handle.
@@ -121,6 +145,7 @@ impl Vfs {
                 drop(ticket);
                 match self.router.enter_newer(generation) {
                     Some(Ok(next)) => {
+                        self.retried.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(error = %e, generation = next.generation(), "retrying on the new route");
                         f(&next)
                     }
@@ -179,10 +204,14 @@ impl Vfs {
     /// `getattr`.
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
         self.run(Retry::Safe, |t| {
-            if let Some(fh) = fh
-                && let Ok(file) = self.file_of(t, fh)
-            {
-                return file.stat();
+            if let Some(fh) = fh {
+                match self.file_of(t, fh) {
+                    Ok(file) => return file.stat(),
+                    // A handle whose file is gone from this volume stays stale for fstat too.
+                    Err(e) if e.kind() == Kind::Stale => return Err(e),
+                    // Not a file handle (the kernel passes directory handles too): use the path.
+                    Err(_) => {}
+                }
             }
             match self.inodes.path(ino) {
                 Ok(path) => t.volume().backend.stat(&path),
@@ -360,7 +389,10 @@ impl Vfs {
                 let generation = ticket.generation();
                 drop(ticket);
                 match self.router.enter_newer(generation) {
-                    Some(Ok(next)) => self.file_of(&next, fh)?.read_at(buf, offset),
+                    Some(Ok(next)) => {
+                        self.retried.fetch_add(1, Ordering::Relaxed);
+                        self.file_of(&next, fh)?.read_at(buf, offset)
+                    }
                     _ => Err(e),
                 }
             }

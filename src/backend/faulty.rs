@@ -24,7 +24,7 @@ pub enum Fault {
     Fail(i32),
     /// Sleep this long, then run normally.
     Delay(Duration),
-    /// Wait until [`Faults::release`] (or [`Faults::clear`]), then run normally.
+    /// Wait until [`Faults::release`] (or [`Faults::clear`]), then apply the rules again.
     Block,
 }
 
@@ -85,35 +85,51 @@ impl Faults {
         self.hits.load(Ordering::Relaxed)
     }
 
+    /// Replace every rule with one, and release blocked operations (which then see the new
+    /// rule): "hang, then fail" in one step.
+    pub fn replace(&self, prefix: impl Into<PathBuf>, fault: Fault) {
+        {
+            let mut rules = self.rules.lock();
+            rules.clear();
+            rules.push(Rule {
+                prefix: prefix.into(),
+                fault,
+            });
+        }
+        self.release();
+    }
+
     fn check(&self, path: &Path) -> Result<()> {
-        let fault = {
-            let rules = self.rules.lock();
-            if rules.is_empty() {
-                return Ok(());
-            }
-            rules
-                .iter()
-                .rev()
-                .find(|r| path.starts_with(&r.prefix))
-                .map(|r| r.fault)
-        };
-        let Some(fault) = fault else { return Ok(()) };
-        self.hits.fetch_add(1, Ordering::Relaxed);
-        match fault {
-            Fault::Fail(errno) => Err(Error::from_errno(errno)),
-            Fault::Delay(d) => {
-                std::thread::sleep(d);
-                Ok(())
-            }
-            Fault::Block => {
-                let mut released = self.released.lock();
-                let at = *released;
-                self.blocked.fetch_add(1, Ordering::AcqRel);
-                while *released == at {
-                    self.wake.wait(&mut released);
+        loop {
+            let fault = {
+                let rules = self.rules.lock();
+                if rules.is_empty() {
+                    return Ok(());
                 }
-                self.blocked.fetch_sub(1, Ordering::AcqRel);
-                Ok(())
+                rules
+                    .iter()
+                    .rev()
+                    .find(|r| path.starts_with(&r.prefix))
+                    .map(|r| r.fault)
+            };
+            let Some(fault) = fault else { return Ok(()) };
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            match fault {
+                Fault::Fail(errno) => return Err(Error::from_errno(errno)),
+                Fault::Delay(d) => {
+                    std::thread::sleep(d);
+                    return Ok(());
+                }
+                Fault::Block => {
+                    let mut released = self.released.lock();
+                    let at = *released;
+                    self.blocked.fetch_add(1, Ordering::AcqRel);
+                    while *released == at {
+                        self.wake.wait(&mut released);
+                    }
+                    self.blocked.fetch_sub(1, Ordering::AcqRel);
+                    // Released: look at the rules again (they may say to fail now).
+                }
             }
         }
     }

@@ -40,8 +40,19 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// `n` dir volumes named `v0`, `v1`, ... and a mount point; `extra` is appended to `[mount]`.
+    /// `n` dir volumes named `v0`, `v1`, ... and a mount point; `mount_extra` is appended to
+    /// `[mount]`, `tail` to the file.
     pub fn new(n: usize, mount_extra: &str, tail: &str) -> Layout {
+        Layout::with_volumes(n, mount_extra, tail, |_| String::new())
+    }
+
+    /// Like [`Layout::new`], with `volume_extra(i)` added to volume `i`'s table.
+    pub fn with_volumes(
+        n: usize,
+        mount_extra: &str,
+        tail: &str,
+        volume_extra: impl Fn(usize) -> String,
+    ) -> Layout {
         let dir = tempfile::Builder::new()
             .prefix("failoverfs-test-")
             .tempdir()
@@ -57,8 +68,9 @@ impl Layout {
             let v = dir.path().join(format!("v{i}"));
             std::fs::create_dir(&v).expect("mkdir volume");
             toml.push_str(&format!(
-                "[[volumes]]\nname = \"v{i}\"\nbackend = {{ kind = \"dir\", path = \"{}\" }}\n\n",
-                v.display()
+                "[[volumes]]\nname = \"v{i}\"\nbackend = {{ kind = \"dir\", path = \"{}\" }}\n{}\n\n",
+                v.display(),
+                volume_extra(i)
             ));
             vols.push(v);
         }
@@ -90,8 +102,13 @@ impl Fixture {
     /// Mount with extra `[mount]` lines and extra TOML at the end. Every backend is wrapped in a
     /// fault injector (no rules by default).
     pub fn with(n: usize, mount_extra: &str, tail: &str) -> Fixture {
+        Fixture::mount(Layout::new(n, mount_extra, tail))
+    }
+
+    /// Mount a prepared layout.
+    pub fn mount(layout: Layout) -> Fixture {
         init_logging();
-        let layout = Layout::new(n, mount_extra, tail);
+        let n = layout.vols.len();
         let settings =
             config::load_and_prepare(&layout.config, &Overrides::default()).expect("config");
         let faults: Vec<Arc<Faults>> = (0..n).map(|_| Faults::new()).collect();

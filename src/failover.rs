@@ -1,0 +1,618 @@
+//! The switch controller: drain the dying route, pick the next healthy standby, swap, invalidate
+//! the kernel's caches, record what happened.
+//!
+//! Invariants:
+//! - **One writer.** The controller is the only code that publishes routes after startup, and it
+//!   runs one switch at a time (the supervisor awaits each switch before it looks at anything
+//!   else).
+//! - **Drained.** A switch first closes the old route's gate: no new operation starts on it. New
+//!   operations wait for the next route (bounded by `drain_timeout`) or fail at once when
+//!   queueing is off. The switch then waits for the in-flight operations, at most
+//!   `drain_timeout` minus a small reserve, so that waiting operations always get the new route
+//!   before their own wait runs out. Operations still running at the deadline finish on their
+//!   own; the switch does not wait for them (a hung volume cannot hold the mount hostage).
+//! - **Target.** The first volume *after* the current one in table order whose state is healthy
+//!   (no automatic failback: a later deletion continues down the table). A manual switch may
+//!   name any other volume.
+//! - **Swap.** One publish of a route with the next generation. Inode numbers do not change
+//!   (the inode table is path-based); open handles re-open by path on first use; the kernel's
+//!   caches of every known inode and name are invalidated after the publish, from a blocking
+//!   thread, never from a FUSE worker.
+//! - **Record.** Every switch (or failed attempt) leaves one [`AuditEntry`] and one log line.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::config::{FailoverSettings, OnDelete};
+use crate::monitor::Health;
+use crate::routing::{Route, Router, Volume};
+use crate::vfs::Vfs;
+
+/// What the kernel caches, and how to drop it. Implemented over fuser's `Notifier` in
+/// [`crate::fuse`]; tests use a recorder.
+pub trait KernelCache: Send + Sync + 'static {
+    /// Drop attributes and cached data of `ino`.
+    fn invalidate_inode(&self, ino: u64) -> std::io::Result<()>;
+    /// Drop the name `name` in directory `parent`.
+    fn invalidate_entry(&self, parent: u64, name: &OsStr) -> std::io::Result<()>;
+}
+
+/// Why a switch starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// The monitor confirmed the active volume's deletion.
+    Deleted {
+        /// Evidence, as the monitor reported it.
+        evidence: String,
+        /// The deletion is a pending one (CubeFS delayed mode).
+        pending: bool,
+    },
+    /// An operator (or a test) asked; `target` names the volume, or the next healthy one.
+    Manual {
+        /// Volume index to switch to.
+        target: Option<usize>,
+        /// Free text for the audit.
+        reason: String,
+    },
+}
+
+impl Trigger {
+    fn reason(&self) -> String {
+        match self {
+            Trigger::Deleted { pending: false, .. } => "confirmed deletion".into(),
+            Trigger::Deleted { pending: true, .. } => {
+                "deletion pending (on_pending_delete = failover)".into()
+            }
+            Trigger::Manual { reason, .. } => format!("manual: {reason}"),
+        }
+    }
+
+    fn evidence(&self) -> String {
+        match self {
+            Trigger::Deleted { evidence, .. } => evidence.clone(),
+            Trigger::Manual { .. } => "-".into(),
+        }
+    }
+}
+
+/// How a switch ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new route serves `to` under `generation`.
+    Swapped {
+        /// Volume index now active.
+        to: usize,
+        /// The new route's generation.
+        generation: u64,
+    },
+    /// No usable volume to switch to; the old route's gate stays closed.
+    NoTarget,
+    /// Interrupted by a forced stop while draining; the old route's gate stays closed.
+    Interrupted,
+}
+
+/// One switch, for the log and the status API.
+#[derive(Clone, Debug)]
+pub struct AuditEntry {
+    /// Generation of the new route (or the one that would have been).
+    pub generation: u64,
+    /// Volume switched from.
+    pub from: String,
+    /// Volume switched to, if any.
+    pub to: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// The monitor's evidence.
+    pub evidence: String,
+    /// Operations in flight when the gate closed.
+    pub in_flight: u64,
+    /// Of those, still running at the drain deadline.
+    pub still_running: u64,
+    /// Whether every in-flight operation finished in time.
+    pub drained: bool,
+    /// Operations that waited for the new route.
+    pub queued: u64,
+    /// Idempotent operations retried on the new route.
+    pub retried: u64,
+    /// Open handles whose file is missing on the new volume.
+    pub stale_handles: u64,
+    /// Inodes and names whose kernel caches were invalidated.
+    pub invalidated: u64,
+    /// Wall-clock time the switch started.
+    pub started_at: SystemTime,
+    /// Gate closed → drained (or deadline).
+    pub drain: Duration,
+    /// Gate closed → new route published.
+    pub swap: Duration,
+    /// Publish → caches invalidated.
+    pub invalidate: Duration,
+    /// Wall-clock time the switch was complete (caches invalidated, entry recorded).
+    pub completed_at: SystemTime,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// The controller; see the module docs.
+pub struct Controller {
+    router: Arc<Router>,
+    vfs: Arc<Vfs>,
+    volumes: Vec<Option<Arc<Volume>>>,
+    settings: FailoverSettings,
+    cache: Option<Arc<dyn KernelCache>>,
+    audit: Arc<Mutex<Vec<AuditEntry>>>,
+}
+
+/// Time reserved after the drain for picking and publishing, so waiting operations (which wait
+/// at most `drain_timeout`) always see the new route.
+fn drain_budget(drain_timeout: Duration) -> Duration {
+    let reserve = (drain_timeout / 4).min(Duration::from_millis(500));
+    drain_timeout.saturating_sub(reserve)
+}
+
+/// The first volume after `current` in table order that is open and healthy.
+pub fn pick(current: usize, healths: &[Health], volumes: &[Option<Arc<Volume>>]) -> Option<usize> {
+    (current + 1..volumes.len())
+        .find(|&i| volumes[i].is_some() && healths.get(i).is_some_and(Health::usable))
+}
+
+impl Controller {
+    /// A controller of `router` over `volumes` (in table order; `None` where a volume could not
+    /// be opened). `cache` is `None` when there is no kernel to tell (tests without a mount).
+    pub fn new(
+        router: Arc<Router>,
+        vfs: Arc<Vfs>,
+        volumes: Vec<Option<Arc<Volume>>>,
+        settings: FailoverSettings,
+        cache: Option<Arc<dyn KernelCache>>,
+    ) -> Controller {
+        Controller {
+            router,
+            vfs,
+            volumes,
+            settings,
+            cache,
+            audit: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The audit log, shared (for the status API).
+    pub fn audit(&self) -> Arc<Mutex<Vec<AuditEntry>>> {
+        self.audit.clone()
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &FailoverSettings {
+        &self.settings
+    }
+
+    /// Switch away from the current route. `healths` are the monitor's states in table order;
+    /// `forced` resolves when a forced stop is requested (then the drain is abandoned).
+    pub async fn switch(
+        &self,
+        trigger: Trigger,
+        healths: &[Health],
+        forced: impl std::future::Future<Output = ()>,
+    ) -> Outcome {
+        let started_at = SystemTime::now();
+        let t0 = Instant::now();
+        let old = self.router.current();
+        let (queued0, retried0) = (self.router.queued_total(), self.vfs.retried_total());
+        old.gate().close();
+        let in_flight = old.gate().in_flight();
+        tracing::warn!(
+            volume = %old.volume().name,
+            reason = %trigger.reason(),
+            evidence = %trigger.evidence(),
+            in_flight,
+            "switching volumes: draining"
+        );
+        let drained = tokio::select! {
+            d = old.gate().wait_drained(drain_budget(self.settings.drain_timeout)) => Some(d),
+            _ = forced => None,
+        };
+        let drain = t0.elapsed();
+        let still_running = old.gate().in_flight();
+        let mut entry = AuditEntry {
+            generation: old.generation() + 1,
+            from: old.volume().name.clone(),
+            to: None,
+            reason: trigger.reason(),
+            evidence: trigger.evidence(),
+            in_flight,
+            still_running,
+            drained: drained == Some(true),
+            queued: 0,
+            retried: 0,
+            stale_handles: 0,
+            invalidated: 0,
+            started_at,
+            drain,
+            swap: Duration::ZERO,
+            invalidate: Duration::ZERO,
+            completed_at: started_at,
+            outcome: Outcome::Interrupted,
+        };
+        if drained.is_none() {
+            self.record(entry);
+            return Outcome::Interrupted;
+        }
+        let target = match &trigger {
+            Trigger::Manual {
+                target: Some(t), ..
+            } if *t != old.volume().index => {
+                self.volumes.get(*t).and_then(|v| v.as_ref()).map(|_| *t)
+            }
+            Trigger::Manual {
+                target: Some(_), ..
+            } => None,
+            Trigger::Deleted { .. } if self.settings.on_delete == OnDelete::Exit => {
+                entry.reason.push_str(" (on_delete = exit)");
+                None
+            }
+            _ => pick(old.volume().index, healths, &self.volumes),
+        };
+        let Some(volume) = target.and_then(|t| self.volumes[t].clone()) else {
+            entry.outcome = Outcome::NoTarget;
+            entry.queued = self.router.queued_total() - queued0;
+            self.record(entry);
+            return Outcome::NoTarget;
+        };
+        let generation = old.generation() + 1;
+        // Backend identities of the old volume mean nothing on the new one.
+        self.vfs.inodes().begin_generation(generation);
+        self.router
+            .publish(Route::serving(generation, volume.clone()));
+        entry.swap = t0.elapsed();
+        entry.to = Some(volume.name.clone());
+        entry.outcome = Outcome::Swapped {
+            to: volume.index,
+            generation,
+        };
+
+        // Everything below happens with the new route already serving.
+        let t1 = Instant::now();
+        entry.invalidated = self.invalidate_kernel_caches().await;
+        entry.invalidate = t1.elapsed();
+        let vfs = self.vfs.clone();
+        let v = volume.clone();
+        entry.stale_handles = tokio::task::spawn_blocking(move || vfs.handles_missing_on(&v))
+            .await
+            .unwrap_or(0);
+        entry.queued = self.router.queued_total() - queued0;
+        entry.retried = self.vfs.retried_total() - retried0;
+        let outcome = entry.outcome;
+        self.record(entry);
+        outcome
+    }
+
+    /// Serve `volume` again under a new generation (a manual switch that found no target
+    /// reopens the gate this way).
+    pub fn reopen(&self, generation: u64, volume: Arc<Volume>) {
+        self.vfs.inodes().begin_generation(generation);
+        self.router.publish(Route::serving(generation, volume));
+    }
+
+    /// Drop what the kernel cached from the old volume: attributes and pages of every known
+    /// inode, and every known name. Runs on a blocking thread (the kernel may need a FUSE worker
+    /// to answer something meanwhile; a worker must never be the one waiting).
+    async fn invalidate_kernel_caches(&self) -> u64 {
+        let Some(cache) = self.cache.clone() else {
+            return 0;
+        };
+        let vfs = self.vfs.clone();
+        tokio::task::spawn_blocking(move || {
+            let (inos, names) = vfs.inodes().snapshot();
+            let mut n = 0u64;
+            for (parent, name) in &names {
+                match cache.invalidate_entry(*parent, name) {
+                    Ok(()) => n += 1,
+                    Err(e) => {
+                        tracing::debug!(parent, ?name, error = %e, "entry invalidation failed")
+                    }
+                }
+            }
+            for ino in inos {
+                match cache.invalidate_inode(ino) {
+                    Ok(()) => n += 1,
+                    Err(e) => tracing::debug!(ino, error = %e, "inode invalidation failed"),
+                }
+            }
+            n
+        })
+        .await
+        .unwrap_or(0)
+    }
+
+    fn record(&self, mut e: AuditEntry) {
+        e.completed_at = SystemTime::now();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        match e.outcome {
+            Outcome::Swapped { generation, .. } => tracing::warn!(
+                generation,
+                from = %e.from,
+                to = e.to.as_deref().unwrap_or("-"),
+                reason = %e.reason,
+                evidence = %e.evidence,
+                in_flight = e.in_flight,
+                still_running = e.still_running,
+                queued = e.queued,
+                retried = e.retried,
+                stale_handles = e.stale_handles,
+                invalidated = e.invalidated,
+                drain_ms = ms(e.drain),
+                swap_ms = ms(e.swap),
+                invalidate_ms = ms(e.invalidate),
+                "switched volumes"
+            ),
+            Outcome::NoTarget => tracing::warn!(
+                from = %e.from,
+                reason = %e.reason,
+                evidence = %e.evidence,
+                in_flight = e.in_flight,
+                still_running = e.still_running,
+                drain_ms = ms(e.drain),
+                "no usable volume to switch to"
+            ),
+            Outcome::Interrupted => tracing::warn!(
+                from = %e.from,
+                in_flight = e.in_flight,
+                still_running = e.still_running,
+                "switch interrupted by a forced stop"
+            ),
+        }
+        self.audit.lock().push(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::dir::DirBackend;
+    use crate::backend::faulty::{Fault, Faults, FaultyBackend};
+    use crate::probe::{Evidence, Strength};
+    use crate::routing::WaitPolicy;
+    use crate::vfs::VfsOptions;
+
+    struct Setup {
+        _tmp: tempfile::TempDir,
+        router: Arc<Router>,
+        vfs: Arc<Vfs>,
+        faults: Vec<Arc<Faults>>,
+        controller: Controller,
+    }
+
+    fn setup(n: usize, drain: Duration) -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut faults = Vec::new();
+        let volumes: Vec<Option<Arc<Volume>>> = (0..n)
+            .map(|i| {
+                let dir = tmp.path().join(format!("v{i}"));
+                std::fs::create_dir(&dir).unwrap();
+                std::fs::write(dir.join("f"), format!("volume {i}")).unwrap();
+                let f = Faults::new();
+                faults.push(f.clone());
+                Some(Arc::new(Volume {
+                    index: i,
+                    name: format!("v{i}"),
+                    backend: Arc::new(FaultyBackend::new(
+                        Arc::new(DirBackend::open(&dir).unwrap()),
+                        f,
+                    )),
+                }))
+            })
+            .collect();
+        let router = Arc::new(Router::new(
+            Route::serving(1, volumes[0].clone().unwrap()),
+            WaitPolicy {
+                queue: true,
+                max_wait: drain,
+                errno: libc::EIO,
+            },
+        ));
+        let vfs = Arc::new(Vfs::new(router.clone(), VfsOptions::default()));
+        let settings = FailoverSettings {
+            drain_timeout: drain,
+            ..Default::default()
+        };
+        let controller = Controller::new(router.clone(), vfs.clone(), volumes, settings, None);
+        Setup {
+            _tmp: tmp,
+            router,
+            vfs,
+            faults,
+            controller,
+        }
+    }
+
+    fn healthy(n: usize) -> Vec<Health> {
+        vec![Health::Healthy { note: None }; n]
+    }
+
+    fn deleted() -> Trigger {
+        Trigger::Deleted {
+            evidence: "code 7".into(),
+            pending: false,
+        }
+    }
+
+    fn read_f(vfs: &Vfs) -> crate::error::Result<Vec<u8>> {
+        let e = vfs.lookup(1, OsStr::new("f"))?;
+        let fh = vfs.open(e.ino, libc::O_RDONLY)?;
+        let mut buf = vec![0u8; 64];
+        let n = vfs.read(fh, 0, &mut buf)?;
+        vfs.release(fh);
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    #[test]
+    fn pick_goes_down_the_table() {
+        let s = setup(4, Duration::from_secs(1));
+        let vols: Vec<Option<Arc<Volume>>> = s.controller.volumes.clone();
+        let mut h = healthy(4);
+        assert_eq!(pick(0, &h, &vols), Some(1));
+        h[1] = Health::Unknown;
+        assert_eq!(pick(0, &h, &vols), Some(2));
+        h[2] = Health::Deleted {
+            evidence: Evidence {
+                source: "x".into(),
+                detail: "y".into(),
+                strength: Strength::Strong,
+            },
+            pending: false,
+            count: 3,
+        };
+        assert_eq!(pick(0, &h, &vols), Some(3));
+        // No failback: from 3 nothing is left, even though 0 is healthy.
+        assert_eq!(pick(3, &h, &vols), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn swap_serves_the_standby_with_the_same_inodes() {
+        let s = setup(2, Duration::from_secs(2));
+        let vfs = s.vfs.clone();
+        let before = tokio::task::spawn_blocking(move || {
+            let e = vfs.lookup(1, OsStr::new("f")).unwrap();
+            (e.ino, read_f(&vfs).unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!(before.1, b"volume 0");
+        let out = s
+            .controller
+            .switch(deleted(), &healthy(2), std::future::pending())
+            .await;
+        assert_eq!(
+            out,
+            Outcome::Swapped {
+                to: 1,
+                generation: 2
+            }
+        );
+        let vfs = s.vfs.clone();
+        let after = tokio::task::spawn_blocking(move || {
+            let e = vfs.lookup(1, OsStr::new("f")).unwrap();
+            (e.ino, read_f(&vfs).unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!(after.1, b"volume 1");
+        assert_eq!(after.0, before.0, "same path, same inode number");
+        let audit = s.controller.audit().lock().clone();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].to.as_deref(), Some("v1"));
+        assert!(audit[0].drained);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_operation_does_not_hold_the_switch() {
+        let s = setup(2, Duration::from_secs(2));
+        s.faults[0].add("f", Fault::Block);
+        let vfs = s.vfs.clone();
+        let hung = std::thread::spawn(move || vfs.lookup(1, OsStr::new("f")).map(|e| e.ino));
+        while s.faults[0].blocked() == 0 {
+            tokio::task::yield_now().await;
+            std::thread::yield_now();
+        }
+        assert_eq!(s.router.current().gate().in_flight(), 1);
+        let t = Instant::now();
+        let out = s
+            .controller
+            .switch(deleted(), &healthy(2), std::future::pending())
+            .await;
+        assert!(matches!(out, Outcome::Swapped { to: 1, .. }));
+        // The drain gave up at its deadline (virtual time), within the drain timeout.
+        assert!(t.elapsed() <= Duration::from_secs(2), "{:?}", t.elapsed());
+        let audit = s.controller.audit().lock().clone();
+        assert!(!audit[0].drained);
+        assert_eq!(audit[0].still_running, 1);
+        // The hung operation finishes on its own once the volume answers.
+        s.faults[0].clear();
+        assert!(hung.join().unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_idempotent_operation_is_retried_on_the_new_route() {
+        let s = setup(2, Duration::from_secs(2));
+        let fh = {
+            let vfs = s.vfs.clone();
+            tokio::task::spawn_blocking(move || {
+                let e = vfs.lookup(1, OsStr::new("f")).unwrap();
+                vfs.open(e.ino, libc::O_RDONLY).unwrap()
+            })
+            .await
+            .unwrap()
+        };
+        // A read on the dying volume hangs, and is in flight when the gate closes...
+        s.faults[0].add("f", Fault::Block);
+        let vfs = s.vfs.clone();
+        let op = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64];
+            vfs.read(fh, 0, &mut buf).map(|n| buf[..n].to_vec())
+        });
+        while s.faults[0].blocked() == 0 {
+            tokio::task::yield_now().await;
+            std::thread::yield_now();
+        }
+        // ...then fails with EIO once the switch has started.
+        let faults = s.faults[0].clone();
+        let h = healthy(2);
+        let switch = s.controller.switch(deleted(), &h, std::future::pending());
+        let fail = async move { faults.replace("", Fault::Fail(libc::EIO)) };
+        let (out, ()) = tokio::join!(switch, fail);
+        assert!(matches!(out, Outcome::Swapped { .. }));
+        assert_eq!(
+            op.join().unwrap().unwrap(),
+            b"volume 1",
+            "retried on the standby"
+        );
+        assert_eq!(s.vfs.retried_total(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_target_keeps_the_gate_closed() {
+        let s = setup(2, Duration::from_millis(500));
+        let mut h = healthy(2);
+        h[1] = Health::Unknown;
+        let out = s
+            .controller
+            .switch(deleted(), &h, std::future::pending())
+            .await;
+        assert_eq!(out, Outcome::NoTarget);
+        assert!(s.router.current().gate().is_closed());
+        assert_eq!(s.router.current().generation(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forced_stop_interrupts_the_drain() {
+        let s = setup(2, Duration::from_secs(30));
+        s.faults[0].add("f", Fault::Block);
+        let vfs = s.vfs.clone();
+        let hung = std::thread::spawn(move || vfs.lookup(1, OsStr::new("f")).map(|e| e.ino));
+        while s.faults[0].blocked() == 0 {
+            tokio::task::yield_now().await;
+            std::thread::yield_now();
+        }
+        let forced = tokio::time::sleep(Duration::from_secs(1));
+        let out = s.controller.switch(deleted(), &healthy(2), forced).await;
+        assert_eq!(out, Outcome::Interrupted);
+        s.faults[0].clear();
+        let _ = hung.join();
+    }
+
+    #[test]
+    fn the_drain_leaves_a_reserve_for_the_swap() {
+        assert_eq!(
+            drain_budget(Duration::from_secs(5)),
+            Duration::from_millis(4500)
+        );
+        assert_eq!(
+            drain_budget(Duration::from_millis(400)),
+            Duration::from_millis(300)
+        );
+    }
+}

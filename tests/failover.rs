@@ -1,0 +1,484 @@
+//! Failover through real FUSE mounts over dir volumes: what an application sees when the primary
+//! is deleted (by its CubeFS master, by renaming its root away, by `rm -rf`), writes across the
+//! switch, stale handles, the chain down the table, an outage that must not switch, and a stress
+//! run of forced switches.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use common::fake_master::{FakeCluster, Fault, VolState};
+use common::*;
+use failoverfs::failover::Outcome;
+use parking_lot::Mutex;
+
+/// Fast probes so the tests stay short; the policy itself is the default one, scaled down.
+const FAST: &str = r#"
+[health]
+interval = "100ms"
+standby_interval = "200ms"
+confirm_interval = "50ms"
+confirm_window = "100ms"
+confirmations = 3
+timeout = "500ms"
+max_backoff = "300ms"
+
+[failover]
+drain_timeout = "2s"
+"#;
+
+const FILES: [&str; 3] = ["both/a", "both/b", "both/deep/c"];
+
+/// Give every volume the same tree with distinguishable content, plus a file only the primary
+/// has and a directory for writes.
+fn populate(layout: &Layout) {
+    for (i, v) in layout.vols.iter().enumerate() {
+        fs::create_dir_all(v.join("both/deep")).unwrap();
+        fs::create_dir_all(v.join("w")).unwrap();
+        for f in FILES {
+            fs::write(v.join(f), content(i, f)).unwrap();
+        }
+    }
+    fs::write(layout.vols[0].join("only-primary"), b"primary only").unwrap();
+}
+
+fn content(volume: usize, file: &str) -> Vec<u8> {
+    format!("volume v{volume} {file}\n").into_bytes()
+}
+
+fn which_volume(data: &[u8]) -> Option<usize> {
+    let s = std::str::from_utf8(data).ok()?;
+    s.strip_prefix("volume v")?.split(' ').next()?.parse().ok()
+}
+
+#[derive(Clone, Debug)]
+struct Op {
+    start: SystemTime,
+    result: Result<usize, i32>,
+}
+
+/// An application reading in a loop: long-lived handles (opened before anything happens) and
+/// fresh opens, over files present on every volume.
+struct Reader {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Op>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reader {
+    fn start(mnt: &Path) -> Reader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let paths: Vec<PathBuf> = FILES.iter().map(|f| mnt.join(f)).collect();
+        let handles: Vec<fs::File> = paths.iter().map(|p| fs::File::open(p).unwrap()).collect();
+        let (s, l) = (stop.clone(), log.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                for (i, p) in paths.iter().enumerate() {
+                    let start = SystemTime::now();
+                    let mut buf = [0u8; 128];
+                    let r = handles[i]
+                        .read_at(&mut buf, 0)
+                        .map(|n| which_volume(&buf[..n]).unwrap_or(usize::MAX))
+                        .map_err(|e| e.raw_os_error().unwrap_or(-1));
+                    l.lock().push(Op { start, result: r });
+                    let start = SystemTime::now();
+                    let r = fs::read(p)
+                        .map(|d| which_volume(&d).unwrap_or(usize::MAX))
+                        .map_err(|e| e.raw_os_error().unwrap_or(-1));
+                    l.lock().push(Op { start, result: r });
+                }
+            }
+        });
+        Reader {
+            stop,
+            log,
+            thread: Some(thread),
+        }
+    }
+
+    fn ops(&self) -> usize {
+        self.log.lock().len()
+    }
+
+    fn finish(mut self) -> Vec<Op> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.log.lock().clone()
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Wait for switch number `n` and return when it was complete: the new route published and
+/// the kernel's caches of the old volume dropped. (Between the publish and the end of the
+/// invalidation, a read may still be answered from pages the kernel cached from the old
+/// volume; never with an error.)
+fn wait_for_switch(fx: &Fixture, n: usize) -> SystemTime {
+    wait_until(Duration::from_secs(30), "the switch", || {
+        fx.app().audit().len() >= n
+    });
+    let a = &fx.app().audit()[n - 1];
+    assert!(matches!(a.outcome, Outcome::Swapped { .. }), "{a:?}");
+    a.completed_at
+}
+
+/// Keep the reader going for `more` more operations and at least a second.
+fn read_on_after(r: &Reader, more: usize) {
+    let base = r.ops();
+    let until = SystemTime::now() + Duration::from_secs(1);
+    wait_until(Duration::from_secs(20), "reads after the switch", || {
+        r.ops() >= base + more && SystemTime::now() >= until
+    });
+}
+
+fn inodes(mnt: &Path) -> Vec<u64> {
+    FILES
+        .iter()
+        .map(|f| fs::metadata(mnt.join(f)).unwrap().ino())
+        .collect()
+}
+
+#[test]
+fn master_deletes_the_primary_readers_see_a_pause_not_an_error() {
+    let c = FakeCluster::start(2);
+    c.create("vol-a");
+    let masters = format!("{:?}", c.addrs());
+    let layout = Layout::with_volumes(2, "", FAST, |i| {
+        if i == 0 {
+            format!(
+                "probe = {{ kind = \"cubefs\", masters = {masters}, volume = \"vol-a\", timeout = \"200ms\" }}"
+            )
+        } else {
+            String::new()
+        }
+    });
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    let before = inodes(&fx.layout.mnt);
+    let reader = Reader::start(&fx.layout.mnt);
+    read_on_after(&reader, 30);
+    c.set("vol-a", VolState::Gone);
+    let switched = wait_for_switch(&fx, 1);
+    read_on_after(&reader, 60);
+    let ops = reader.finish();
+    let errors: Vec<&Op> = ops.iter().filter(|o| o.result.is_err()).collect();
+    assert!(errors.is_empty(), "read errors: {errors:?}");
+    let late: Vec<&Op> = ops.iter().filter(|o| o.start > switched).collect();
+    assert!(!late.is_empty());
+    assert!(
+        late.iter().all(|o| o.result == Ok(1)),
+        "after the switch every read is served by the standby: {:?}",
+        late.iter()
+            .filter(|o| o.result != Ok(1))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        ops.iter().any(|o| o.result == Ok(0)),
+        "the primary served before"
+    );
+    assert_eq!(
+        inodes(&fx.layout.mnt),
+        before,
+        "inode numbers survive the switch"
+    );
+    let a = &fx.app().audit()[0];
+    assert!(a.evidence.contains("code 7"), "{a:?}");
+    assert_eq!(a.to.as_deref(), Some("v1"));
+}
+
+#[test]
+fn primary_root_renamed_away_fails_over_without_errors() {
+    let layout = Layout::new(2, "", FAST);
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    let before = inodes(&fx.layout.mnt);
+    let reader = Reader::start(&fx.layout.mnt);
+    read_on_after(&reader, 30);
+    let moved = fx.layout.dir.path().join("v0.moved");
+    fs::rename(&fx.layout.vols[0], &moved).unwrap();
+    let switched = wait_for_switch(&fx, 1);
+    read_on_after(&reader, 60);
+    let ops = reader.finish();
+    let errors: Vec<&Op> = ops.iter().filter(|o| o.result.is_err()).collect();
+    assert!(errors.is_empty(), "read errors: {errors:?}");
+    assert!(
+        ops.iter()
+            .filter(|o| o.start > switched)
+            .all(|o| o.result == Ok(1))
+    );
+    assert_eq!(inodes(&fx.layout.mnt), before);
+}
+
+#[test]
+fn rm_rf_of_the_primary_errors_only_until_the_switch() {
+    let layout = Layout::new(2, "", FAST);
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    let reader = Reader::start(&fx.layout.mnt);
+    read_on_after(&reader, 30);
+    let destroyed = SystemTime::now();
+    fs::remove_dir_all(&fx.layout.vols[0]).unwrap();
+    let switched = wait_for_switch(&fx, 1);
+    read_on_after(&reader, 60);
+    let ops = reader.finish();
+    for o in &ops {
+        if o.result.is_err() {
+            assert!(
+                o.start >= destroyed && o.start <= switched,
+                "an error outside the window between destruction and the switch: {o:?}"
+            );
+        }
+        if o.start > switched {
+            assert_eq!(o.result, Ok(1), "after the switch: {o:?}");
+        }
+    }
+    let errors = ops.iter().filter(|o| o.result.is_err()).count();
+    println!("{errors} errors while the primary was destroyed but not yet confirmed deleted");
+}
+
+#[test]
+fn writes_issued_after_confirmation_land_on_the_standby() {
+    let layout = Layout::new(2, "", FAST);
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    let stop = Arc::new(AtomicBool::new(false));
+    /// (started, record number, outcome) of every write.
+    type Written = Vec<(SystemTime, u32, Result<(), i32>)>;
+    let written: Arc<Mutex<Written>> = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (stop, written, dir) = (stop.clone(), written.clone(), fx.path("w"));
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let start = SystemTime::now();
+                let r = fs::write(dir.join(format!("{n}")), format!("record {n}"))
+                    .map_err(|e| e.raw_os_error().unwrap_or(-1));
+                written.lock().push((start, n, r));
+                n += 1;
+            }
+        })
+    };
+    wait_until(Duration::from_secs(10), "writes before", || {
+        written.lock().len() > 50
+    });
+    let moved = fx.layout.dir.path().join("v0.moved");
+    fs::rename(&fx.layout.vols[0], &moved).unwrap();
+    wait_for_switch(&fx, 1);
+    let confirmed = fx.app().audit()[0].started_at;
+    let base = written.lock().len();
+    wait_until(Duration::from_secs(10), "writes after", || {
+        written.lock().len() > base + 50
+    });
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let written = written.lock().clone();
+    let after: Vec<_> = written.iter().filter(|(t, _, _)| *t >= confirmed).collect();
+    assert!(after.len() > 50);
+    for (_, n, r) in &after {
+        assert_eq!(*r, Ok(()), "write {n} after confirmation failed");
+        let on_standby = fs::read(fx.vol(1, &format!("w/{n}"))).unwrap_or_default();
+        assert_eq!(
+            on_standby,
+            format!("record {n}").into_bytes(),
+            "write {n} lost"
+        );
+        assert!(
+            !moved.join(format!("w/{n}")).exists(),
+            "write {n} reached the old primary"
+        );
+    }
+}
+
+#[test]
+fn a_handle_on_a_file_only_the_primary_has_turns_stale() {
+    let layout = Layout::new(2, "", FAST);
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    let only = fs::File::open(fx.path("only-primary")).unwrap();
+    let both = fs::File::open(fx.path("both/a")).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(only.read_at(&mut buf, 0).is_ok());
+    assert_eq!(
+        fx.app().switch_to(Some(1), "test"),
+        Some(Outcome::Swapped {
+            to: 1,
+            generation: 2
+        })
+    );
+    let e = only.read_at(&mut buf, 0).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ESTALE));
+    // Every later use of that handle says the same.
+    let e = only.read_at(&mut buf, 0).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ESTALE));
+    let n = both.read_at(&mut buf, 0).unwrap();
+    assert_eq!(which_volume(&buf[..n]), Some(1));
+    assert_eq!(fx.app().audit()[0].stale_handles, 1);
+}
+
+#[test]
+fn chain_skips_a_dead_standby() {
+    let layout = Layout::new(3, "", FAST);
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    // Standby 1 dies first; the monitor notices (it is probed too).
+    fs::rename(&fx.layout.vols[1], fx.layout.dir.path().join("v1.gone")).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "standby 1 confirmed deleted",
+        || fx.app().monitor().state(1).unwrap().health.is_deleted(),
+    );
+    fs::rename(&fx.layout.vols[0], fx.layout.dir.path().join("v0.gone")).unwrap();
+    wait_for_switch(&fx, 1);
+    assert_eq!(fx.app().audit()[0].to.as_deref(), Some("v2"));
+    assert_eq!(which_volume(&fs::read(fx.path("both/a")).unwrap()), Some(2));
+    // And the chain continues: v2 is now watched as the active volume.
+    assert!(fx.app().monitor().state(2).unwrap().health.usable());
+}
+
+#[test]
+fn a_master_outage_longer_than_the_window_does_not_switch() {
+    let c = FakeCluster::start(1);
+    c.create("vol-a");
+    let masters = format!("{:?}", c.addrs());
+    let layout = Layout::with_volumes(2, "", FAST, |i| {
+        if i == 0 {
+            format!(
+                "probe = {{ kind = \"cubefs\", masters = {masters}, volume = \"vol-a\", timeout = \"200ms\" }}"
+            )
+        } else {
+            String::new()
+        }
+    });
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    wait_until(Duration::from_secs(10), "primary healthy", || {
+        fx.app().monitor().state(0).unwrap().health.usable()
+    });
+    c.fault(0, Fault::Refuse);
+    std::thread::sleep(Duration::from_secs(1));
+    c.fault(0, Fault::NoLeader);
+    std::thread::sleep(Duration::from_secs(1));
+    c.fault(0, Fault::None);
+    wait_until(Duration::from_secs(10), "primary healthy again", || {
+        fx.app().monitor().state(0).unwrap().health.usable()
+    });
+    assert!(
+        fx.app().audit().is_empty(),
+        "switched on an outage: {:?}",
+        fx.app().audit()
+    );
+    assert_eq!(which_volume(&fs::read(fx.path("both/a")).unwrap()), Some(0));
+}
+
+#[test]
+fn stress_mixed_operations_while_switches_are_forced() {
+    let layout = Layout::new(2, "", FAST);
+    populate(&layout);
+    for v in &layout.vols {
+        for t in 0..4 {
+            fs::create_dir_all(v.join(format!("t{t}"))).unwrap();
+        }
+    }
+    let fx = Fixture::mount(layout);
+    let stop = Arc::new(AtomicBool::new(false));
+    let unexpected: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let counts: Arc<Mutex<u64>> = Arc::new(Mutex::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let (stop, unexpected, counts) = (stop.clone(), unexpected.clone(), counts.clone());
+            let dir = fx.path(&format!("t{t}"));
+            let both = fx.path("both/a");
+            std::thread::spawn(move || {
+                // Races with the switch may legitimately find a file missing or present on the
+                // other volume; a dropped or doubled reply would show as EIO or a hang.
+                let ok = |r: std::io::Result<()>, what: &str, u: &Mutex<Vec<String>>| {
+                    if let Err(e) = r {
+                        let errno = e.raw_os_error().unwrap_or(-1);
+                        if !matches!(
+                            errno,
+                            libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ESTALE
+                        ) {
+                            u.lock().push(format!("{what}: {e}"));
+                        }
+                    }
+                };
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let f = dir.join(format!("f{}", i % 16));
+                    ok(
+                        fs::write(&f, vec![b'x'; (i % 8192) as usize]),
+                        "write",
+                        &unexpected,
+                    );
+                    ok(fs::read(&f).map(drop), "read", &unexpected);
+                    ok(fs::metadata(&f).map(drop), "stat", &unexpected);
+                    ok(fs::rename(&f, dir.join("renamed")), "rename", &unexpected);
+                    ok(fs::remove_file(dir.join("renamed")), "unlink", &unexpected);
+                    ok(
+                        fs::create_dir(dir.join("d")).and_then(|_| fs::remove_dir(dir.join("d"))),
+                        "mkdir",
+                        &unexpected,
+                    );
+                    ok(
+                        fs::read_dir(&dir).map(|d| d.count()).map(drop),
+                        "readdir",
+                        &unexpected,
+                    );
+                    ok(fs::read(&both).map(drop), "read both", &unexpected);
+                    i += 1;
+                    *counts.lock() += 8;
+                }
+            })
+        })
+        .collect();
+    let mut switches = 0;
+    for k in 0..40 {
+        let target = (k + 1) % 2;
+        let out = fx.app().switch_to(Some(target), "stress");
+        assert!(
+            matches!(out, Some(Outcome::Swapped { to, .. }) if to == target),
+            "{out:?}"
+        );
+        switches += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for w in workers {
+        while !w.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a worker hangs (deadlock?)"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        w.join().expect("worker panicked");
+    }
+    let unexpected = unexpected.lock().clone();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected errors: {:?}",
+        &unexpected[..unexpected.len().min(10)]
+    );
+    println!(
+        "{switches} forced switches under {} operations",
+        counts.lock()
+    );
+    assert_eq!(fx.app().audit().len(), switches);
+}
