@@ -10,16 +10,7 @@ use common::fake_master::{FakeCluster, VolState};
 use common::*;
 use nix::sys::signal::Signal;
 
-const FAST: &str = r#"
-[health]
-interval = "100ms"
-standby_interval = "200ms"
-confirm_interval = "50ms"
-confirm_window = "100ms"
-confirmations = 3
-timeout = "500ms"
-max_backoff = "300ms"
-"#;
+const FAST: &str = FAST_HEALTH;
 
 const FINAL_LINE: &str = "volume deleted, no usable standby: do not restart";
 

@@ -17,20 +17,10 @@ use common::*;
 use failoverfs::failover::Outcome;
 use parking_lot::Mutex;
 
-/// Fast probes so the tests stay short; the policy itself is the default one, scaled down.
-const FAST: &str = r#"
-[health]
-interval = "100ms"
-standby_interval = "200ms"
-confirm_interval = "50ms"
-confirm_window = "100ms"
-confirmations = 3
-timeout = "500ms"
-max_backoff = "300ms"
-
-[failover]
-drain_timeout = "2s"
-"#;
+/// Fast probes, and a drain that fits the tests.
+fn fast() -> String {
+    format!("{FAST_HEALTH}\n[failover]\ndrain_timeout = \"2s\"\n")
+}
 
 const FILES: [&str; 3] = ["both/a", "both/b", "both/deep/c"];
 
@@ -158,7 +148,7 @@ fn master_deletes_the_primary_readers_see_a_pause_not_an_error() {
     let c = FakeCluster::start(2);
     c.create("vol-a");
     let masters = format!("{:?}", c.addrs());
-    let layout = Layout::with_volumes(2, "", FAST, |i| {
+    let layout = Layout::with_volumes(2, "", &fast(), |i| {
         if i == 0 {
             format!(
                 "probe = {{ kind = \"cubefs\", masters = {masters}, volume = \"vol-a\", timeout = \"200ms\" }}"
@@ -204,7 +194,7 @@ fn master_deletes_the_primary_readers_see_a_pause_not_an_error() {
 
 #[test]
 fn primary_root_renamed_away_fails_over_without_errors() {
-    let layout = Layout::new(2, "", FAST);
+    let layout = Layout::new(2, "", &fast());
     populate(&layout);
     let fx = Fixture::mount(layout);
     let before = inodes(&fx.layout.mnt);
@@ -227,7 +217,7 @@ fn primary_root_renamed_away_fails_over_without_errors() {
 
 #[test]
 fn rm_rf_of_the_primary_errors_only_until_the_switch() {
-    let layout = Layout::new(2, "", FAST);
+    let layout = Layout::new(2, "", &fast());
     populate(&layout);
     let fx = Fixture::mount(layout);
     let reader = Reader::start(&fx.layout.mnt);
@@ -254,7 +244,7 @@ fn rm_rf_of_the_primary_errors_only_until_the_switch() {
 
 #[test]
 fn writes_issued_after_confirmation_land_on_the_standby() {
-    let layout = Layout::new(2, "", FAST);
+    let layout = Layout::new(2, "", &fast());
     populate(&layout);
     let fx = Fixture::mount(layout);
     let stop = Arc::new(AtomicBool::new(false));
@@ -307,7 +297,7 @@ fn writes_issued_after_confirmation_land_on_the_standby() {
 
 #[test]
 fn a_handle_on_a_file_only_the_primary_has_turns_stale() {
-    let layout = Layout::new(2, "", FAST);
+    let layout = Layout::new(2, "", &fast());
     populate(&layout);
     let fx = Fixture::mount(layout);
     let only = fs::File::open(fx.path("only-primary")).unwrap();
@@ -333,7 +323,7 @@ fn a_handle_on_a_file_only_the_primary_has_turns_stale() {
 
 #[test]
 fn chain_skips_a_dead_standby() {
-    let layout = Layout::new(3, "", FAST);
+    let layout = Layout::new(3, "", &fast());
     populate(&layout);
     let fx = Fixture::mount(layout);
     // Standby 1 dies first; the monitor notices (it is probed too).
@@ -356,7 +346,7 @@ fn a_master_outage_longer_than_the_window_does_not_switch() {
     let c = FakeCluster::start(1);
     c.create("vol-a");
     let masters = format!("{:?}", c.addrs());
-    let layout = Layout::with_volumes(2, "", FAST, |i| {
+    let layout = Layout::with_volumes(2, "", &fast(), |i| {
         if i == 0 {
             format!(
                 "probe = {{ kind = \"cubefs\", masters = {masters}, volume = \"vol-a\", timeout = \"200ms\" }}"
@@ -388,7 +378,7 @@ fn a_master_outage_longer_than_the_window_does_not_switch() {
 
 #[test]
 fn stress_mixed_operations_while_switches_are_forced() {
-    let layout = Layout::new(2, "", FAST);
+    let layout = Layout::new(2, "", &fast());
     populate(&layout);
     for v in &layout.vols {
         for t in 0..4 {

@@ -17,6 +17,18 @@ use failoverfs::app::{App, Hooks};
 use failoverfs::backend::faulty::{Faults, FaultyBackend};
 use failoverfs::config::{self, Overrides};
 
+/// A fast `[health]` policy (the default one scaled down) so failover tests stay short.
+pub const FAST_HEALTH: &str = r#"
+[health]
+interval = "100ms"
+standby_interval = "200ms"
+confirm_interval = "50ms"
+confirm_window = "100ms"
+confirmations = 3
+timeout = "500ms"
+max_backoff = "300ms"
+"#;
+
 /// Poll `cond` until it holds or `timeout` passes; panics with `what` on timeout.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
