@@ -10,7 +10,16 @@
 //!   generation number and an in-flight gate), and how a switch drains the old route.
 //! - [`backend`]: storage behind one trait, addressed by paths relative to the volume root.
 //!
-//! [`config`] loads the settings, [`app`] runs the process, [`exit`] names the exit codes.
+//! Beside the op path:
+//! - [`probe`]: asks the system that owns each volume whether it still exists (CubeFS master,
+//!   S3, HTTP, the directory itself); only authoritative answers are evidence of deletion.
+//! - [`monitor`]: probes every volume on an interval and turns answers into a *confirmed* state,
+//!   published per volume.
+//! - [`failover`]: the switch controller, the only writer of the route after startup: drain,
+//!   pick the next healthy standby, swap, invalidate the kernel's caches, record.
+//!
+//! [`config`] loads the settings, [`app`] runs the process (its supervisor reacts to confirmed
+//! deletions and signals), [`exit`] names the exit codes.
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
