@@ -90,8 +90,10 @@ impl Scenario {
         }
         if delete {
             if !after_faults {
+                // Long enough for the monitor to leave any outage backoff and see the volume
+                // healthy: the deletion then starts from a healthy state.
                 timeline.push((t, Episode::Healthy));
-                t += secs(rng, 5, 20);
+                t += secs(rng, 12, 25);
             }
             timeline.push((t, Episode::Deleted));
             t += Duration::from_secs(90);
@@ -418,8 +420,12 @@ async fn thousands_of_faults_no_false_confirmation_every_deletion_in_bound() {
     let confirm = p
         .confirm_window
         .max(p.confirm_interval * (p.confirmations - 1));
+    // One more confirm interval of slack: the last answer lands on a tick, not on the window.
+    let confirm = confirm + p.confirm_interval;
     let from_healthy = p.interval.mul_f64(1.0 + p.jitter) + confirm + p.timeout;
-    let from_outage = p.max_backoff + confirm + p.timeout;
+    // After an outage, a probe may be hanging (up to `timeout`) when the deletion happens,
+    // then the backoff waits up to `max_backoff` before the next one.
+    let from_outage = p.timeout + p.max_backoff + confirm;
     let weak = p.max_backoff + p.weak_confirm_window + p.confirm_interval + p.timeout;
     println!(
         "fault matrix: {} scenarios, {} transient faults injected, {} false confirmations, \
