@@ -472,3 +472,44 @@ fn stress_mixed_operations_while_switches_are_forced() {
     );
     assert_eq!(fx.app().audit().len(), switches);
 }
+
+#[test]
+fn without_queueing_operations_fail_at_once_during_a_switch() {
+    let tail = format!(
+        "{FAST_HEALTH}\n[failover]\ndrain_timeout = \"3s\"\nqueue = false\nerrno = \"EAGAIN\"\n"
+    );
+    let layout = Layout::new(2, "", &tail);
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    // An operation hangs in the primary, so the switch drains for a while.
+    fx.faults[0].add("both/a", failoverfs::backend::faulty::Fault::Block);
+    let hung_path = fx.path("both/a");
+    let hung = std::thread::spawn(move || fs::read(hung_path).map(drop));
+    wait_until(Duration::from_secs(10), "the read hangs", || {
+        fx.faults[0].blocked() > 0
+    });
+    std::thread::scope(|s| {
+        let switch = s.spawn(|| fx.app().switch_to(Some(1), "test"));
+        wait_until(Duration::from_secs(10), "the gate is closed", || {
+            fx.app().vfs().router().current().gate().is_closed()
+        });
+        // A new operation (a lookup the kernel cannot answer from its cache) fails at once.
+        let t = std::time::Instant::now();
+        let e = fs::metadata(fx.path("both/new-name")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "it waited {:?}",
+            t.elapsed()
+        );
+        let out = switch.join().unwrap();
+        assert!(
+            matches!(out, Some(Outcome::Swapped { to: 1, .. })),
+            "{out:?}"
+        );
+    });
+    // After the switch, everything is served again.
+    assert_eq!(which_volume(&fs::read(fx.path("both/b")).unwrap()), Some(1));
+    fx.faults[0].clear();
+    let _ = hung.join();
+}
