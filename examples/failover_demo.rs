@@ -140,7 +140,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "         drained {} in-flight operations, {} waited, {} retried, {} stale handles; \
          gate closed → new route: {:.2} ms; caches invalidated in {:.2} ms",
-        a.in_flight - a.still_running,
+        a.in_flight.saturating_sub(a.still_running),
         a.queued,
         a.retried,
         a.stale_handles,

@@ -465,7 +465,7 @@ impl Supervisor {
                 self.active = to;
                 self.monitor.set_active(to);
                 if self.stop_requested {
-                    return Some(self.stop(false).await);
+                    return Some(self.stop(self.signals_seen >= 2).await);
                 }
                 None
             }
@@ -484,16 +484,18 @@ impl Supervisor {
                 None
             }
             Outcome::NoTarget => {
-                // Reopen: the same volume under a new generation.
+                // If the gate was closed for nothing, reopen: the same volume, a new generation.
                 let old = self.router.current();
-                let generation = old.generation() + 1;
-                self.controller.reopen(generation, old.volume().clone());
+                if old.gate().is_closed() {
+                    self.controller
+                        .reopen(old.generation() + 1, old.volume().clone());
+                }
                 None
             }
             Outcome::Interrupted => Some(self.stop(true).await),
         };
         let exit = match exit {
-            None if self.stop_requested => Some(self.stop(false).await),
+            None if self.stop_requested => Some(self.stop(self.signals_seen >= 2).await),
             e => e,
         };
         (exit, outcome)
@@ -528,7 +530,7 @@ impl Supervisor {
         tracing::error!(
             volume,
             evidence,
-            drained = in_flight.0 - in_flight.1,
+            drained = in_flight.0.saturating_sub(in_flight.1),
             still_running = in_flight.1,
             took_ms,
             mount = %self.mount_path.display(),

@@ -22,6 +22,7 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
@@ -197,9 +198,23 @@ impl Controller {
         healths: &[Health],
         forced: impl std::future::Future<Output = ()>,
     ) -> Outcome {
+        let old = self.router.current();
+        // A manual switch to nowhere (the current volume, or one that is not open) changes
+        // nothing: refuse it before closing the gate.
+        if let Trigger::Manual {
+            target: Some(t), ..
+        } = &trigger
+            && (*t == old.volume().index || self.volumes.get(*t).is_none_or(|v| v.is_none()))
+        {
+            tracing::warn!(
+                target = t,
+                "manual switch refused: no such open volume, or already active"
+            );
+            return Outcome::NoTarget;
+        }
+        tokio::pin!(forced);
         let started_at = SystemTime::now();
         let t0 = Instant::now();
-        let old = self.router.current();
         let (queued0, retried0) = (self.router.queued_total(), self.vfs.retried_total());
         old.gate().close();
         let in_flight = old.gate().in_flight();
@@ -212,7 +227,7 @@ impl Controller {
         );
         let drained = tokio::select! {
             d = old.gate().wait_drained(drain_budget(self.settings.drain_timeout)) => Some(d),
-            _ = forced => None,
+            _ = &mut forced => None,
         };
         let drain = t0.elapsed();
         let still_running = old.gate().in_flight();
@@ -243,21 +258,16 @@ impl Controller {
         let target = match &trigger {
             Trigger::Manual {
                 target: Some(t), ..
-            } if *t != old.volume().index => {
-                self.volumes.get(*t).and_then(|v| v.as_ref()).map(|_| *t)
-            }
-            Trigger::Manual {
-                target: Some(_), ..
-            } => None,
+            } => Some(*t),
             Trigger::Deleted { .. } if self.settings.on_delete == OnDelete::Exit => {
                 entry.reason.push_str(" (on_delete = exit)");
                 None
             }
             _ => pick(old.volume().index, healths, &self.volumes),
         };
-        let Some(volume) = target.and_then(|t| self.volumes[t].clone()) else {
+        let Some(volume) = target.and_then(|t| self.volumes.get(t).cloned().flatten()) else {
             entry.outcome = Outcome::NoTarget;
-            entry.queued = self.router.queued_total() - queued0;
+            entry.queued = self.router.queued_total().saturating_sub(queued0);
             self.record(entry);
             return Outcome::NoTarget;
         };
@@ -273,17 +283,35 @@ impl Controller {
             generation,
         };
 
-        // Everything below happens with the new route already serving.
+        // Everything below happens with the new route already serving. Each step runs on a
+        // blocking thread and is bounded: an operation still stuck in the old volume may hold a
+        // kernel lock the invalidation needs, and the switch must not wait for it forever.
+        let limit = self.settings.drain_timeout;
         let t1 = Instant::now();
-        entry.invalidated = self.invalidate_kernel_caches().await;
+        let counted = Arc::new(AtomicU64::new(0));
+        let invalidation = self.invalidate_kernel_caches(counted.clone());
+        let finished = tokio::select! {
+            r = tokio::time::timeout(limit, invalidation) => r.is_ok(),
+            _ = &mut forced => false,
+        };
+        if !finished {
+            tracing::warn!(
+                done = counted.load(Ordering::Relaxed),
+                "kernel cache invalidation not finished in time (an operation stuck in the old \
+                 volume may hold a lock); continuing without waiting for it"
+            );
+        }
+        entry.invalidated = counted.load(Ordering::Relaxed);
         entry.invalidate = t1.elapsed();
         let vfs = self.vfs.clone();
         let v = volume.clone();
-        entry.stale_handles = tokio::task::spawn_blocking(move || vfs.handles_missing_on(&v))
-            .await
-            .unwrap_or(0);
-        entry.queued = self.router.queued_total() - queued0;
-        entry.retried = self.vfs.retried_total() - retried0;
+        let stale = tokio::task::spawn_blocking(move || vfs.handles_missing_on(&v));
+        entry.stale_handles = match tokio::time::timeout(limit, stale).await {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        };
+        entry.queued = self.router.queued_total().saturating_sub(queued0);
+        entry.retried = self.vfs.retried_total().saturating_sub(retried0);
         let outcome = entry.outcome;
         self.record(entry);
         outcome
@@ -297,19 +325,21 @@ impl Controller {
     }
 
     /// Drop what the kernel cached from the old volume: attributes and pages of every known
-    /// inode, and every known name. Runs on a blocking thread (the kernel may need a FUSE worker
-    /// to answer something meanwhile; a worker must never be the one waiting).
-    async fn invalidate_kernel_caches(&self) -> u64 {
+    /// inode, and every known name; `done` counts what was dropped. Runs on a blocking thread
+    /// (the kernel may need a FUSE worker to answer something meanwhile; a worker must never be
+    /// the one waiting).
+    async fn invalidate_kernel_caches(&self, done: Arc<AtomicU64>) {
         let Some(cache) = self.cache.clone() else {
-            return 0;
+            return;
         };
         let vfs = self.vfs.clone();
-        tokio::task::spawn_blocking(move || {
+        let _ = tokio::task::spawn_blocking(move || {
             let (inos, names) = vfs.inodes().snapshot();
-            let mut n = 0u64;
             for (parent, name) in &names {
                 match cache.invalidate_entry(*parent, name) {
-                    Ok(()) => n += 1,
+                    Ok(()) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(e) => {
                         tracing::debug!(parent, ?name, error = %e, "entry invalidation failed")
                     }
@@ -317,14 +347,14 @@ impl Controller {
             }
             for ino in inos {
                 match cache.invalidate_inode(ino) {
-                    Ok(()) => n += 1,
+                    Ok(()) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(e) => tracing::debug!(ino, error = %e, "inode invalidation failed"),
                 }
             }
-            n
         })
-        .await
-        .unwrap_or(0)
+        .await;
     }
 
     fn record(&self, mut e: AuditEntry) {

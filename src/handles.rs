@@ -55,7 +55,9 @@ pub enum Reopen {
 impl FileHandle {
     /// The backend file for an operation running under `generation`; re-opened through `reopen`
     /// when the handle belongs to an older generation. `stale_errno` is what a stale handle
-    /// answers.
+    /// answers. An operation of an older generation than the handle's (one still running on a
+    /// drained route) gets an unavailable error, never the newer volume's file: one operation,
+    /// one volume.
     pub fn file(
         &self,
         generation: u64,
@@ -68,7 +70,10 @@ impl FileHandle {
                 Binding::Open {
                     generation: g,
                     file,
-                } if *g >= generation => return Ok(file.clone()),
+                } if *g == generation => return Ok(file.clone()),
+                Binding::Open { generation: g, .. } if *g > generation => {
+                    return Err(Error::unavailable(libc::EIO));
+                }
                 Binding::Stale => return Err(Error::stale(stale_errno)),
                 Binding::Open { .. } => {}
             }
@@ -84,7 +89,10 @@ impl FileHandle {
                     file,
                 },
                 _,
-            ) if *g >= generation => Ok(file.clone()),
+            ) if *g == generation => Ok(file.clone()),
+            (Binding::Open { generation: g, .. }, _) if *g > generation => {
+                Err(Error::unavailable(libc::EIO))
+            }
             (Binding::Stale, _) => Err(Error::stale(stale_errno)),
             (_, Reopen::Opened(file)) => {
                 *b = Binding::Open {
@@ -112,10 +120,10 @@ impl FileHandle {
         }
     }
 
-    /// The currently bound file, whatever its generation (used by `getattr` of an unlinked file).
-    pub fn current(&self) -> Option<Arc<dyn OpenFile>> {
+    /// The bound file and its generation, if any.
+    fn current(&self) -> Option<(u64, Arc<dyn OpenFile>)> {
         match &*self.bound.lock() {
-            Binding::Open { file, .. } => Some(file.clone()),
+            Binding::Open { generation, file } => Some((*generation, file.clone())),
             Binding::Stale => None,
         }
     }
@@ -232,20 +240,30 @@ impl HandleTable {
         self.shard(fh).write().remove(&fh)
     }
 
-    /// Any open file bound to `ino` (for `getattr` of an unlinked file still open). Walks the
-    /// table: only used on that rare path.
-    pub fn any_file_of(&self, ino: u64) -> Option<Arc<dyn OpenFile>> {
+    /// An open file of `ino` bound under `generation` (for `getattr` and `setattr` of an
+    /// unlinked file that is still open). `Err(stale)` when the inode is open only on an earlier
+    /// volume: its file is not on the current one. Walks the table: only used on that rare path.
+    pub fn any_file_of(
+        &self,
+        ino: u64,
+        generation: u64,
+        stale_errno: i32,
+    ) -> Option<Result<Arc<dyn OpenFile>>> {
+        let mut older = false;
         for shard in self.shards.iter() {
             for h in shard.read().values() {
                 if let Handle::File(f) = &**h
                     && f.ino == ino
-                    && let Some(file) = f.current()
+                    && let Some((g, file)) = f.current()
                 {
-                    return Some(file);
+                    if g == generation {
+                        return Some(Ok(file));
+                    }
+                    older = true;
                 }
             }
         }
-        None
+        older.then(|| Err(Error::stale(stale_errno)))
     }
 
     /// Call `f` with the inode of every open file handle.
@@ -271,5 +289,38 @@ impl HandleTable {
     /// Whether no handle is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::backend::dir::DirBackend;
+
+    #[test]
+    fn one_operation_one_volume() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        let b = DirBackend::open(tmp.path()).unwrap();
+        let open = || b.open(std::path::Path::new("f"), libc::O_RDONLY);
+        let table = HandleTable::new();
+        let fh = table.open_file(2, libc::O_RDONLY, 1, open().unwrap());
+        let h = table.file(fh).unwrap();
+        let Handle::File(h) = &*h else { panic!() };
+        // A newer generation re-opens the handle...
+        let reopened = h
+            .file(2, libc::ESTALE, || Ok(Reopen::Opened(open()?)))
+            .unwrap();
+        assert_eq!(h.generation(), Some(2));
+        drop(reopened);
+        // ...after which an operation still running on generation 1 gets no file at all.
+        let e = h.file(1, libc::ESTALE, || unreachable!()).err().unwrap();
+        assert_eq!(e.kind(), crate::error::Kind::Unavailable);
+        // A file missing on the next volume makes the handle stale, for good.
+        let e = h.file(3, libc::ESTALE, || Ok(Reopen::Gone)).err().unwrap();
+        assert_eq!(e.errno(), libc::ESTALE);
+        let e = h.file(4, libc::ESTALE, || unreachable!()).err().unwrap();
+        assert_eq!(e.errno(), libc::ESTALE);
     }
 }

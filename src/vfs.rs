@@ -215,9 +215,12 @@ impl Vfs {
             }
             match self.inodes.path(ino) {
                 Ok(path) => t.volume().backend.stat(&path),
-                // Unlinked but still open: ask an open file.
-                Err(e) => match self.handles.any_file_of(ino) {
-                    Some(file) => file.stat(),
+                // Unlinked but still open: ask an open file of this volume.
+                Err(e) => match self
+                    .handles
+                    .any_file_of(ino, t.generation(), self.opts.stale_errno)
+                {
+                    Some(file) => file?.stat(),
                     None => Err(e),
                 },
             }
@@ -236,8 +239,11 @@ impl Vfs {
             }
             match self.inodes.path(ino) {
                 Ok(path) => t.volume().backend.setattr(&path, set),
-                Err(e) => match self.handles.any_file_of(ino) {
-                    Some(file) => file.setattr(set),
+                Err(e) => match self
+                    .handles
+                    .any_file_of(ino, t.generation(), self.opts.stale_errno)
+                {
+                    Some(file) => file?.setattr(set),
                     None => Err(e),
                 },
             }
@@ -485,6 +491,7 @@ impl Vfs {
         let Handle::Dir(dir) = &*h else {
             return Err(Error::invalid(libc::EBADF));
         };
+        let mut added = 0usize;
         self.run(Retry::Safe, |t| {
             let listing = dir.listing(offset, || {
                 let path = self.inodes.path(ino)?;
@@ -509,65 +516,91 @@ impl Vfs {
                 );
                 Ok(out)
             })?;
-            let start = usize::try_from(offset).unwrap_or(usize::MAX);
-            let dir_path = if plus {
-                Some(self.inodes.path(ino)?)
-            } else {
-                None
+            match self.fill_dir(t, ino, &listing, offset, plus, sink, &mut added) {
+                // A short reply is a valid reply (the kernel asks again from the next offset).
+                // Once entries are in the buffer, never fail or retry: they would be lost, with
+                // their lookups counted, or listed twice.
+                Err(e) if added > 0 => {
+                    tracing::debug!(ino, error = %e, "readdir cut short");
+                    Ok(())
+                }
+                r => r,
+            }
+        })
+    }
+
+    /// Hand listing items from `offset` to `sink` until it is full; `added` counts the items
+    /// it accepted.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_dir(
+        &self,
+        t: &Ticket,
+        ino: u64,
+        listing: &[Listed],
+        offset: u64,
+        plus: bool,
+        sink: &mut dyn FnMut(DirItem<'_>) -> bool,
+        added: &mut usize,
+    ) -> Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let dir_path = if plus {
+            Some(self.inodes.path(ino)?)
+        } else {
+            None
+        };
+        for (i, item) in listing.iter().enumerate().skip(start) {
+            let next_offset = i as u64 + 1;
+            let dots = i < 2;
+            let fixed_ino = match i {
+                0 => Some(ino),
+                1 => Some(self.inodes.parent(ino)),
+                _ => None,
             };
-            for (i, item) in listing.iter().enumerate().skip(start) {
-                let next_offset = i as u64 + 1;
-                let dots = i < 2;
-                let fixed_ino = match i {
-                    0 => Some(ino),
-                    1 => Some(self.inodes.parent(ino)),
-                    _ => None,
-                };
-                let (ino_of_item, kind, entry) = match (&dir_path, fixed_ino) {
-                    (Some(path), _) => {
-                        let target = if dots {
-                            path.clone()
-                        } else {
-                            path.join(&item.name)
-                        };
-                        let attr = match t.volume().backend.stat(&target) {
-                            Ok(a) => a,
-                            // Removed since the listing was taken: skip it.
-                            Err(e) if e.errno() == libc::ENOENT => continue,
-                            Err(e) => return Err(e),
-                        };
-                        match fixed_ino {
-                            // `.` and `..` are not counted as lookups.
-                            Some(fixed) => (fixed, attr.kind, Some(Entry { ino: fixed, attr })),
-                            None => {
-                                let e = self.entry(t, ino, &item.name, attr)?;
-                                (e.ino, attr.kind, Some(e))
-                            }
+            let (ino_of_item, kind, entry) = match (&dir_path, fixed_ino) {
+                (Some(path), _) => {
+                    let target = if dots {
+                        path.clone()
+                    } else {
+                        path.join(&item.name)
+                    };
+                    let attr = match t.volume().backend.stat(&target) {
+                        Ok(a) => a,
+                        // Removed since the listing was taken: skip it.
+                        Err(e) if e.errno() == libc::ENOENT => continue,
+                        Err(e) => return Err(e),
+                    };
+                    match fixed_ino {
+                        // `.` and `..` are not counted as lookups.
+                        Some(fixed) => (fixed, attr.kind, Some(Entry { ino: fixed, attr })),
+                        None => {
+                            let e = self.entry(t, ino, &item.name, attr)?;
+                            (e.ino, attr.kind, Some(e))
                         }
                     }
-                    (None, Some(fixed)) => (fixed, item.kind, None),
-                    (None, None) => (
-                        self.inodes.peek(ino, &item.name).unwrap_or(UNKNOWN_INO),
-                        item.kind,
-                        None,
-                    ),
-                };
-                let full = sink(DirItem {
-                    next_offset,
-                    name: &item.name,
-                    ino: ino_of_item,
-                    kind,
-                    entry,
-                });
-                if full {
-                    if entry.is_some() && !dots {
-                        self.inodes.forget(ino_of_item, 1);
-                    }
-                    break;
                 }
+                (None, Some(fixed)) => (fixed, item.kind, None),
+                (None, None) => (
+                    self.inodes.peek(ino, &item.name).unwrap_or(UNKNOWN_INO),
+                    item.kind,
+                    None,
+                ),
+            };
+            let full = sink(DirItem {
+                next_offset,
+                name: &item.name,
+                ino: ino_of_item,
+                kind,
+                entry,
+            });
+            if full {
+                if entry.is_some() && !dots {
+                    self.inodes.forget(ino_of_item, 1);
+                }
+                break;
             }
-            Ok(())
-        })
+            *added += 1;
+        }
+        Ok(())
     }
 
     /// `statfs`.
@@ -653,5 +686,56 @@ fn reopen(inodes: &InodeTable, volume: &Volume, ino: u64, flags: i32) -> Result<
         Ok(f) => Ok(Reopen::Opened(f)),
         Err(e) if e.errno() == libc::ENOENT => Ok(Reopen::Gone),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::dir::DirBackend;
+    use crate::backend::faulty::{Fault, Faults, FaultyBackend};
+    use crate::inode::ROOT;
+    use crate::routing::{Route, WaitPolicy};
+
+    #[test]
+    fn readdirplus_cut_short_by_a_failure_keeps_what_it_gave() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("a"), b"").unwrap();
+        std::fs::write(tmp.path().join("zz"), b"").unwrap();
+        let faults = Faults::new();
+        let volume = Arc::new(Volume {
+            index: 0,
+            name: "v".into(),
+            backend: Arc::new(FaultyBackend::new(
+                Arc::new(DirBackend::open(tmp.path()).unwrap()),
+                faults.clone(),
+            )),
+        });
+        let router = Arc::new(Router::new(
+            Route::serving(1, volume),
+            WaitPolicy::default(),
+        ));
+        let vfs = Vfs::new(router, VfsOptions::default());
+        let fh = vfs.opendir(ROOT).unwrap();
+        faults.add("zz", Fault::Fail(libc::EIO));
+        let mut seen = Vec::new();
+        let mut next = 0;
+        let r = vfs.readdir(ROOT, fh, 0, true, &mut |item| {
+            seen.push(item.name.to_os_string());
+            next = item.next_offset;
+            false
+        });
+        // The dots (and `a`, when it comes first) went out: the reply is a success, short.
+        assert!(r.is_ok(), "{r:?}");
+        assert!(
+            seen.len() >= 2 && !seen.iter().any(|n| n == "zz"),
+            "{seen:?}"
+        );
+        // Every counted lookup is one the kernel received: `a` at most once.
+        let a_listed = seen.iter().any(|n| n == "a");
+        assert_eq!(vfs.inodes().stats().nodes, 1 + a_listed as usize);
+        // Continuing from there, the failure comes first: nothing to return but the error.
+        let r = vfs.readdir(ROOT, fh, next, true, &mut |_| false);
+        assert_eq!(r.unwrap_err().errno(), libc::EIO);
     }
 }

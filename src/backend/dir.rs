@@ -109,6 +109,27 @@ impl DirBackend {
         }
     }
 
+    /// Open the regular file at `rel` with `flags` (open flags, `O_CREAT`/`O_EXCL` ignored).
+    /// The file is first pinned as an `O_PATH` descriptor and checked: anything but a regular
+    /// file is refused (a fifo would block the daemon, a device node would be opened by root);
+    /// then that very file is opened through its descriptor's link.
+    fn open_regular(&self, rel: &Path, flags: i32) -> Result<OwnedFd> {
+        let target = self.resolve(rel, OFlag::O_PATH)?;
+        match FileKind::from_mode(fstat(target.as_fd())?.st_mode) {
+            Some(FileKind::File) => {}
+            Some(FileKind::Dir) => return Err(Error::posix(libc::EISDIR)),
+            _ => return Err(Error::posix(libc::ENXIO)),
+        }
+        let flags = backend_open_flags(flags) & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW);
+        with_proc_path(target.as_fd(), |proc| {
+            Ok(nix::fcntl::open(
+                proc,
+                OFlag::from_bits_truncate(flags | libc::O_CLOEXEC),
+                Mode::empty(),
+            )?)
+        })
+    }
+
     /// The parent directory and final name of a non-root path.
     fn split(rel: &Path) -> Result<(&Path, &OsStr)> {
         match (rel.parent(), rel.file_name()) {
@@ -170,6 +191,10 @@ impl Backend for DirBackend {
 
     fn setattr(&self, path: &Path, set: &SetAttr) -> Result<Attr> {
         let target = self.target(path)?;
+        if set.size.is_some() && fstat(target.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
+            // Only regular files have a size to set (never open a device node to truncate it).
+            return Err(Error::posix(libc::EINVAL));
+        }
         with_proc_path(target.as_fd(), |proc| {
             if let Some(size) = set.size {
                 // Truncate through the descriptor's own link: a symlink cannot be opened this way,
@@ -275,8 +300,7 @@ impl Backend for DirBackend {
     }
 
     fn open(&self, path: &Path, flags: i32) -> Result<Arc<dyn OpenFile>> {
-        let flags = backend_open_flags(flags) & !(libc::O_CREAT | libc::O_EXCL);
-        let fd = self.resolve(path, OFlag::from_bits_truncate(flags))?;
+        let fd = self.open_regular(path, flags)?;
         Ok(Arc::new(DirFile::new(fd)))
     }
 
@@ -301,8 +325,7 @@ impl Backend for DirBackend {
             // The entry appeared (or was never visible to the kernel's cache): open what is there,
             // unless the caller asked for exclusive creation.
             Err(nix::errno::Errno::EEXIST) if flags & libc::O_EXCL == 0 => {
-                let plain = OFlag::from_bits_truncate(base & !libc::O_CREAT);
-                nix::fcntl::openat(dir.as_fd(), name, plain, Mode::empty())?
+                self.open_regular(&parent.join(name), flags)?
             }
             Err(e) => return Err(e.into()),
         };
@@ -650,12 +673,16 @@ fn kind_from_dirent(t: nix::dir::Type) -> FileKind {
 
 fn system_time(secs: i64, nsecs: i64) -> SystemTime {
     let nsecs = nsecs.clamp(0, 999_999_999) as u32;
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs as u64, nsecs)
+    let t = if secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::new(secs as u64, nsecs))
     } else {
         // secs is negative and nsecs counts forward from it.
-        UNIX_EPOCH - Duration::new(secs.unsigned_abs(), 0) + Duration::new(0, nsecs)
-    }
+        UNIX_EPOCH
+            .checked_sub(Duration::new(secs.unsigned_abs(), 0))
+            .and_then(|t| t.checked_add(Duration::new(0, nsecs)))
+    };
+    // Times a SystemTime cannot hold (a filesystem can store i64::MIN) read as the epoch.
+    t.unwrap_or(UNIX_EPOCH)
 }
 
 fn timespec(t: SystemTime) -> TimeSpec {
@@ -786,6 +813,39 @@ mod tests {
     }
 
     #[test]
+    fn only_regular_files_are_opened() {
+        let (tmp, b) = backend();
+        let fifo = tmp.path().join("vol/fifo");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o644)).unwrap();
+        // Would block forever if the daemon opened it.
+        let e = b.open(Path::new("fifo"), libc::O_RDONLY).err().unwrap();
+        assert_eq!(e.errno(), libc::ENXIO);
+        std::fs::create_dir(tmp.path().join("vol/d")).unwrap();
+        let e = b.open(Path::new("d"), libc::O_RDONLY).err().unwrap();
+        assert_eq!(e.errno(), libc::EISDIR);
+        // create() of an existing fifo without O_EXCL does not open it either.
+        let e = b
+            .create(
+                Path::new(""),
+                OsStr::new("fifo"),
+                0o644,
+                libc::O_RDWR,
+                Caller::ROOT,
+            )
+            .err()
+            .unwrap();
+        assert_eq!(e.errno(), libc::ENXIO);
+        let set = SetAttr {
+            size: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            b.setattr(Path::new("fifo"), &set).unwrap_err().errno(),
+            libc::EINVAL
+        );
+    }
+
+    #[test]
     fn create_read_write_roundtrip() {
         let (_tmp, b) = backend();
         let (f, attr) = b
@@ -806,6 +866,12 @@ mod tests {
         let names: Vec<_> = b.read_dir(Path::new("")).unwrap();
         assert_eq!(names.len(), 1);
         assert_eq!(names[0].name, "f");
+    }
+
+    #[test]
+    fn extreme_times_do_not_panic() {
+        let _ = system_time(i64::MIN, 0);
+        let _ = system_time(i64::MAX, 999_999_999);
     }
 
     #[test]
