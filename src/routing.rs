@@ -61,11 +61,9 @@ impl Gate {
     /// Take a ticket unless the gate is closed.
     #[inline]
     fn try_enter(&self) -> bool {
-        // Refuse a closed gate without touching the count, so a stream of refused operations
-        // never shows up as in-flight work (the count stays exact for the drain).
-        if self.state.load(Ordering::Acquire) & CLOSED != 0 {
-            return false;
-        }
+        // One atomic add on the hot path. On a closed gate the add is taken back at once, so a
+        // refused operation shows in the count only for that instant (the drainer is woken again
+        // when it takes it back, and reports use saturating arithmetic).
         let prev = self.state.fetch_add(1, Ordering::AcqRel);
         if prev & CLOSED == 0 {
             return true;
