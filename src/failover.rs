@@ -458,6 +458,18 @@ mod tests {
         }
     }
 
+    /// A lookup of `f` that hangs in the primary, in flight on the current route.
+    async fn hang_a_lookup(s: &Setup) -> std::thread::JoinHandle<crate::error::Result<u64>> {
+        s.faults[0].add("f", Fault::Block);
+        let vfs = s.vfs.clone();
+        let hung = std::thread::spawn(move || vfs.lookup(1, OsStr::new("f")).map(|e| e.ino));
+        while s.faults[0].blocked() == 0 {
+            tokio::task::yield_now().await;
+            std::thread::yield_now();
+        }
+        hung
+    }
+
     fn healthy(n: usize) -> Vec<Health> {
         vec![Health::Healthy { note: None }; n]
     }
@@ -541,13 +553,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hung_operation_does_not_hold_the_switch() {
         let s = setup(2, Duration::from_secs(2));
-        s.faults[0].add("f", Fault::Block);
-        let vfs = s.vfs.clone();
-        let hung = std::thread::spawn(move || vfs.lookup(1, OsStr::new("f")).map(|e| e.ino));
-        while s.faults[0].blocked() == 0 {
-            tokio::task::yield_now().await;
-            std::thread::yield_now();
-        }
+        let hung = hang_a_lookup(&s).await;
         assert_eq!(s.router.current().gate().in_flight(), 1);
         let t = Instant::now();
         let out = s
@@ -620,13 +626,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_forced_stop_interrupts_the_drain() {
         let s = setup(2, Duration::from_secs(30));
-        s.faults[0].add("f", Fault::Block);
-        let vfs = s.vfs.clone();
-        let hung = std::thread::spawn(move || vfs.lookup(1, OsStr::new("f")).map(|e| e.ino));
-        while s.faults[0].blocked() == 0 {
-            tokio::task::yield_now().await;
-            std::thread::yield_now();
-        }
+        let hung = hang_a_lookup(&s).await;
         let forced = tokio::time::sleep(Duration::from_secs(1));
         let out = s.controller.switch(deleted(), &healthy(2), forced).await;
         assert_eq!(out, Outcome::Interrupted);

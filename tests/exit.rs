@@ -45,7 +45,15 @@ fn no_usable_standby_exits_3_and_unmounts() {
     let mnt = m.mnt.clone();
     // The standby goes first, then the primary: nothing is left.
     fs::rename(&m.layout.vols[1], m.layout.dir.path().join("v1.gone")).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(
+        Duration::from_secs(10),
+        "the standby's deletion is confirmed",
+        || {
+            log_lines(&m)
+                .iter()
+                .any(|v| v["message"] == "volume deletion confirmed" && v["volume"] == "v1")
+        },
+    );
     let t = Instant::now();
     fs::remove_dir_all(&m.layout.vols[0]).unwrap();
     let code = m.wait(Duration::from_secs(20));

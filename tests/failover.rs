@@ -143,12 +143,11 @@ fn inodes(mnt: &Path) -> Vec<u64> {
         .collect()
 }
 
-#[test]
-fn master_deletes_the_primary_readers_see_a_pause_not_an_error() {
-    let c = FakeCluster::start(2);
-    c.create("vol-a");
+/// Two volumes; the primary is the CubeFS volume `vol-a` of cluster `c`, watched through its
+/// masters.
+fn cubefs_primary(c: &FakeCluster) -> Layout {
     let masters = format!("{:?}", c.addrs());
-    let layout = Layout::with_volumes(2, "", &fast(), |i| {
+    Layout::with_volumes(2, "", &fast(), |i| {
         if i == 0 {
             format!(
                 "probe = {{ kind = \"cubefs\", masters = {masters}, volume = \"vol-a\", timeout = \"200ms\" }}"
@@ -156,7 +155,14 @@ fn master_deletes_the_primary_readers_see_a_pause_not_an_error() {
         } else {
             String::new()
         }
-    });
+    })
+}
+
+#[test]
+fn master_deletes_the_primary_readers_see_a_pause_not_an_error() {
+    let c = FakeCluster::start(2);
+    c.create("vol-a");
+    let layout = cubefs_primary(&c);
     populate(&layout);
     let fx = Fixture::mount(layout);
     let before = inodes(&fx.layout.mnt);
@@ -345,16 +351,7 @@ fn chain_skips_a_dead_standby() {
 fn a_master_outage_longer_than_the_window_does_not_switch() {
     let c = FakeCluster::start(1);
     c.create("vol-a");
-    let masters = format!("{:?}", c.addrs());
-    let layout = Layout::with_volumes(2, "", &fast(), |i| {
-        if i == 0 {
-            format!(
-                "probe = {{ kind = \"cubefs\", masters = {masters}, volume = \"vol-a\", timeout = \"200ms\" }}"
-            )
-        } else {
-            String::new()
-        }
-    });
+    let layout = cubefs_primary(&c);
     populate(&layout);
     let fx = Fixture::mount(layout);
     wait_until(Duration::from_secs(10), "primary healthy", || {
