@@ -136,8 +136,12 @@ impl State {
 pub struct FakeCluster {
     state: Arc<Mutex<State>>,
     runtime: Option<tokio::runtime::Runtime>,
-    stops: Vec<Mutex<Option<CancellationToken>>>,
+    /// Per master: how to stop its listener.
+    stops: Vec<Mutex<Option<Listener>>>,
 }
+
+/// The token that stops a master's listener, and the listener's task.
+type Listener = (CancellationToken, tokio::task::JoinHandle<()>);
 
 impl FakeCluster {
     /// Start `n` masters on loopback; master 0 is the leader.
@@ -187,9 +191,9 @@ impl FakeCluster {
 
     fn serve(&self, index: usize, listener: TcpListener) {
         let stop = CancellationToken::new();
-        *self.stops[index].lock() = Some(stop.clone());
+        let token = stop.clone();
         let state = self.state.clone();
-        self.rt().spawn(async move {
+        let task = self.rt().spawn(async move {
             loop {
                 let (sock, _) = tokio::select! {
                     r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
@@ -199,12 +203,13 @@ impl FakeCluster {
                 let stop = stop.clone();
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = connection(index, sock, state) => {}
+                        _ = connection(index, sock, state, &stop) => {}
                         _ = stop.cancelled() => {}
                     }
                 });
             }
         });
+        *self.stops[index].lock() = Some((token, task));
     }
 
     /// `host:port` of every master.
@@ -298,8 +303,11 @@ impl FakeCluster {
             was
         };
         if fault == Fault::Refuse {
-            if let Some(stop) = self.stops[master].lock().take() {
-                stop.cancel();
+            let stop = self.stops[master].lock().take();
+            if let Some((token, task)) = stop {
+                token.cancel();
+                // Only once the listener is gone are connections really refused.
+                let _ = self.rt().block_on(task);
             }
         } else if was_refusing {
             let addr = self.state.lock().addrs[master];
@@ -354,8 +362,8 @@ impl FakeCluster {
 impl Drop for FakeCluster {
     fn drop(&mut self) {
         for s in &self.stops {
-            if let Some(t) = s.lock().take() {
-                t.cancel();
+            if let Some((token, _)) = s.lock().take() {
+                token.cancel();
             }
         }
         if let Some(rt) = self.runtime.take() {
@@ -501,9 +509,18 @@ fn md5_hex(s: &str) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn connection(index: usize, mut sock: TcpStream, state: Arc<Mutex<State>>) {
+async fn connection(
+    index: usize,
+    mut sock: TcpStream,
+    state: Arc<Mutex<State>>,
+    stop: &CancellationToken,
+) {
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut sock, &mut buf).await {
+        if stop.is_cancelled() {
+            // The master went down: a kept-alive connection is reset, not answered.
+            return;
+        }
         let fault = {
             let mut s = state.lock();
             s.log.push(Logged {
