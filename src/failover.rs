@@ -16,11 +16,12 @@
 //!   name any other volume.
 //! - **Swap.** One publish of a route with the next generation. Inode numbers do not change
 //!   (the inode table is path-based); open handles re-open by path on first use; the kernel's
-//!   caches of every known inode and name are invalidated after the publish, from a blocking
-//!   thread, never from a FUSE worker.
+//!   cached attributes and pages of every known inode are invalidated after the publish, from a
+//!   blocking thread, never from a FUSE worker. Names are left to the kernel's revalidation
+//!   (`entry_ttl`), except names that were extra hard links, which are invalidated at once.
 //! - **Record.** Every switch (or failed attempt) leaves one [`AuditEntry`] and one log line.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -272,8 +273,10 @@ impl Controller {
             return Outcome::NoTarget;
         };
         let generation = old.generation() + 1;
-        // Backend identities of the old volume mean nothing on the new one.
+        // Backend identities of the old volume mean nothing on the new one, and names that were
+        // hard links there must be looked up again.
         self.vfs.inodes().begin_generation(generation);
+        let detached = self.vfs.inodes().detach_extra_links();
         self.router
             .publish(Route::serving(generation, volume.clone()));
         entry.swap = t0.elapsed();
@@ -289,7 +292,7 @@ impl Controller {
         let limit = self.settings.drain_timeout;
         let t1 = Instant::now();
         let counted = Arc::new(AtomicU64::new(0));
-        let invalidation = self.invalidate_kernel_caches(counted.clone());
+        let invalidation = self.invalidate_kernel_caches(detached, counted.clone());
         let finished = tokio::select! {
             r = tokio::time::timeout(limit, invalidation) => r.is_ok(),
             _ = &mut forced => false,
@@ -324,17 +327,19 @@ impl Controller {
         self.router.publish(Route::serving(generation, volume));
     }
 
-    /// Drop what the kernel cached from the old volume: attributes and pages of every known
-    /// inode, and every known name; `done` counts what was dropped. Runs on a blocking thread
-    /// (the kernel may need a FUSE worker to answer something meanwhile; a worker must never be
-    /// the one waiting).
-    async fn invalidate_kernel_caches(&self, done: Arc<AtomicU64>) {
+    /// Drop what the kernel cached from the old volume: the attributes and pages of every known
+    /// inode, and the `names` that no longer map where they did (hard links). Other names are
+    /// left to the kernel's own revalidation (`entry_ttl`): dropping them would make the kernel
+    /// forget inodes nobody holds, and their numbers would change, while the same path keeps the
+    /// same inode number. `done` counts what was dropped. Runs on a blocking thread (the kernel
+    /// may need a FUSE worker to answer something meanwhile; a worker must never be the one
+    /// waiting).
+    async fn invalidate_kernel_caches(&self, names: Vec<(u64, OsString)>, done: Arc<AtomicU64>) {
         let Some(cache) = self.cache.clone() else {
             return;
         };
         let vfs = self.vfs.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let (inos, names) = vfs.inodes().snapshot();
             for (parent, name) in &names {
                 match cache.invalidate_entry(*parent, name) {
                     Ok(()) => {
@@ -345,7 +350,7 @@ impl Controller {
                     }
                 }
             }
-            for ino in inos {
+            for ino in vfs.inodes().known() {
                 match cache.invalidate_inode(ino) {
                     Ok(()) => {
                         done.fetch_add(1, Ordering::Relaxed);

@@ -369,6 +369,37 @@ impl InodeTable {
         }
     }
 
+    /// Before serving another volume: a file known under several names (hard links) keeps only
+    /// its first name; the others are unmapped, so their next lookup asks the new volume, where
+    /// they may be separate files (a replica that did not keep hard links). Where the new volume
+    /// has them linked too, the lookup finds the identity again and joins them. Returns the
+    /// names unmapped; their kernel entries must be invalidated (the switch does).
+    pub fn detach_extra_links(&self) -> Vec<(u64, OsString)> {
+        let mut extra: Vec<(u64, u64, Name)> = Vec::new();
+        for shard in self.shards.iter() {
+            for (ino, node) in shard.lock().iter() {
+                for (parent, name) in node.places.iter().skip(1) {
+                    extra.push((*ino, *parent, name.clone()));
+                }
+            }
+        }
+        let mut detached = Vec::new();
+        for (ino, parent, name) in extra {
+            let mut l = self.lock(&[parent, ino]);
+            if l.child(parent, &name) != Some(ino) {
+                continue;
+            }
+            if let Some(p) = l.node(parent) {
+                p.children.remove(&*name);
+            }
+            if let Some(n) = l.node(ino) {
+                n.remove_place(parent, &name);
+            }
+            detached.push((parent, name.to_os_string()));
+        }
+        detached
+    }
+
     /// The kernel dropped `n` lookups of `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
         if ino == ROOT {
@@ -519,22 +550,15 @@ impl InodeTable {
         }
     }
 
-    /// Every known inode and every known name, for invalidating the kernel's caches after the
-    /// volume underneath changed. Taken shard by shard: a consistent view is not needed, since
-    /// invalidating something that just changed is harmless.
-    pub fn snapshot(&self) -> (Vec<u64>, Vec<(u64, OsString)>) {
-        let mut inos = Vec::new();
-        let mut names = Vec::new();
+    /// Every known inode, for invalidating the kernel's caches after the volume underneath
+    /// changed. Taken shard by shard: a consistent view is not needed, since invalidating
+    /// something that just changed is harmless.
+    pub fn known(&self) -> Vec<u64> {
+        let mut inos = Vec::with_capacity(self.stats().nodes);
         for shard in self.shards.iter() {
-            let shard = shard.lock();
-            for (ino, node) in shard.iter() {
-                inos.push(*ino);
-                for (name, _) in node.children.iter() {
-                    names.push((*ino, name.to_os_string()));
-                }
-            }
+            inos.extend(shard.lock().keys().copied());
         }
-        (inos, names)
+        inos
     }
 }
 
@@ -630,6 +654,31 @@ mod tests {
             .lookup(ROOT, OsStr::new("c"), FileKind::File, id(10), 1)
             .unwrap();
         assert_ne!(c, a);
+    }
+
+    #[test]
+    fn extra_links_are_detached_before_a_switch() {
+        let t = InodeTable::new();
+        let a = lookup(&t, ROOT, "a", FileKind::File, 10);
+        assert_eq!(lookup(&t, ROOT, "b", FileKind::File, 10), a);
+        assert_eq!(t.detach_extra_links(), vec![(ROOT, OsString::from("b"))]);
+        assert_eq!(t.path(a).unwrap(), PathBuf::from("a"));
+        assert_eq!(t.peek(ROOT, OsStr::new("b")), None);
+        // On the new generation, a separate `b` gets its own inode...
+        t.begin_generation(1);
+        let b = t
+            .lookup(ROOT, OsStr::new("b"), FileKind::File, id(20), 1)
+            .unwrap();
+        assert_ne!(a, b);
+        // ...and names that are links there too are joined again.
+        let a2 = t
+            .lookup(ROOT, OsStr::new("a"), FileKind::File, id(30), 1)
+            .unwrap();
+        assert_eq!(a2, a);
+        let c = t
+            .lookup(ROOT, OsStr::new("c"), FileKind::File, id(30), 1)
+            .unwrap();
+        assert_eq!(c, a);
     }
 
     #[test]

@@ -510,3 +510,52 @@ fn without_queueing_operations_fail_at_once_during_a_switch() {
     fx.faults[0].clear();
     let _ = hung.join();
 }
+
+#[test]
+fn hard_links_of_the_primary_are_looked_up_again_on_the_standby() {
+    let layout = Layout::new(2, "", &fast());
+    populate(&layout);
+    // On the primary `l1` and `l2` are one file; the standby kept them as two files.
+    fs::write(layout.vols[0].join("l1"), b"volume v0 linked").unwrap();
+    fs::hard_link(layout.vols[0].join("l1"), layout.vols[0].join("l2")).unwrap();
+    fs::write(layout.vols[1].join("l1"), b"volume v1 l1").unwrap();
+    fs::write(layout.vols[1].join("l2"), b"volume v1 l2").unwrap();
+    let fx = Fixture::mount(layout);
+    let (i1, i2) = (
+        fs::metadata(fx.path("l1")).unwrap().ino(),
+        fs::metadata(fx.path("l2")).unwrap().ino(),
+    );
+    assert_eq!(i1, i2, "one file, one inode");
+    assert!(matches!(
+        fx.app().switch_to(Some(1), "test"),
+        Some(Outcome::Swapped { .. })
+    ));
+    assert_eq!(fs::read(fx.path("l1")).unwrap(), b"volume v1 l1");
+    assert_eq!(fs::read(fx.path("l2")).unwrap(), b"volume v1 l2");
+    assert_eq!(
+        fs::metadata(fx.path("l1")).unwrap().ino(),
+        i1,
+        "the first name keeps its inode"
+    );
+    assert_ne!(fs::metadata(fx.path("l2")).unwrap().ino(), i1);
+}
+
+#[test]
+fn inode_numbers_survive_a_switch_without_open_files() {
+    let layout = Layout::new(2, "", &fast());
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    // Nothing is held open: only the kernel's cache remembers these inodes.
+    let before = inodes(&fx.layout.mnt);
+    let dir_before = fs::metadata(fx.path("both/deep")).unwrap().ino();
+    assert!(matches!(
+        fx.app().switch_to(Some(1), "test"),
+        Some(Outcome::Swapped { .. })
+    ));
+    assert_eq!(inodes(&fx.layout.mnt), before);
+    assert_eq!(
+        fs::metadata(fx.path("both/deep")).unwrap().ino(),
+        dir_before
+    );
+    assert_eq!(which_volume(&fs::read(fx.path("both/a")).unwrap()), Some(1));
+}
