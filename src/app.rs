@@ -60,7 +60,8 @@ enum Command {
 
 /// A mounted, serving failoverfs; see the module docs.
 pub struct App {
-    runtime: tokio::runtime::Runtime,
+    /// Taken only by `Drop`, to shut down with a time limit.
+    runtime: Option<tokio::runtime::Runtime>,
     vfs: Arc<Vfs>,
     monitor: Arc<Monitor>,
     audit: Arc<Mutex<Vec<AuditEntry>>>,
@@ -210,7 +211,7 @@ impl App {
         };
         let done = runtime.spawn(supervisor.run());
         Ok(App {
-            runtime,
+            runtime: Some(runtime),
             vfs,
             monitor,
             audit,
@@ -257,7 +258,7 @@ impl App {
                 reply,
             })
             .ok()?;
-        self.runtime.block_on(rx).ok()
+        self.runtime.as_ref()?.block_on(rx).ok()
     }
 
     /// How the process ended, if it has (without waiting).
@@ -280,10 +281,10 @@ impl App {
     }
 
     fn wait(&mut self) -> Exit {
-        let Some(done) = self.done.take() else {
+        let (Some(done), Some(rt)) = (self.done.take(), self.runtime.as_ref()) else {
             return Exit::Clean;
         };
-        match self.runtime.block_on(done) {
+        match rt.block_on(done) {
             Ok(exit) => exit,
             Err(e) => {
                 tracing::error!(error = %e, "the supervisor failed");
@@ -300,6 +301,10 @@ impl Drop for App {
             self.wait();
         }
         self.monitor.shutdown();
+        // A blocking task stuck in a hung filesystem must not keep the process from ending.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
     }
 }
 
@@ -470,7 +475,9 @@ impl Supervisor {
                 None
             }
             Outcome::Interrupted => Some(self.stop(true).await),
-            Outcome::NoTarget => Some(self.volume_deleted(&from, &evidence, confirmed_at).await),
+            Outcome::NoTarget | Outcome::Refused => {
+                Some(self.volume_deleted(&from, &evidence, confirmed_at).await)
+            }
         }
     }
 
@@ -492,6 +499,7 @@ impl Supervisor {
                 }
                 None
             }
+            Outcome::Refused => None,
             Outcome::Interrupted => Some(self.stop(true).await),
         };
         let exit = match exit {
@@ -538,7 +546,10 @@ impl Supervisor {
             exit_code = Exit::VolumeDeleted as u8,
             "volume deleted, no usable standby: do not restart"
         );
-        if fenced {
+        if fenced && self.stop_requested {
+            // A stop was asked for during the switch: honour it, still with exit 3.
+            self.unmount(self.signals_seen >= 2).await;
+        } else if fenced {
             // Answer every operation with the fence errno until an operator unmounts.
             tokio::select! {
                 _ = self.ended.notified() => { self.mounted = None; }

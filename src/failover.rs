@@ -19,7 +19,8 @@
 //!   cached attributes and pages of every known inode are invalidated after the publish, from a
 //!   blocking thread, never from a FUSE worker. Names are left to the kernel's revalidation
 //!   (`entry_ttl`), except names that were extra hard links, which are invalidated at once.
-//! - **Record.** Every switch (or failed attempt) leaves one [`AuditEntry`] and one log line.
+//! - **Record.** Every switch (or failed or refused attempt) leaves one [`AuditEntry`] and one
+//!   log line.
 
 use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
@@ -93,6 +94,9 @@ pub enum Outcome {
     },
     /// No usable volume to switch to; the old route's gate stays closed.
     NoTarget,
+    /// A manual switch to nowhere (the active volume, or one that is not open): nothing was
+    /// touched, the gate never closed.
+    Refused,
     /// Interrupted by a forced stop while draining; the old route's gate stays closed.
     Interrupted,
 }
@@ -201,17 +205,37 @@ impl Controller {
     ) -> Outcome {
         let old = self.router.current();
         // A manual switch to nowhere (the current volume, or one that is not open) changes
-        // nothing: refuse it before closing the gate.
+        // nothing: refuse it before closing the gate, and say so in the audit.
         if let Trigger::Manual {
             target: Some(t), ..
         } = &trigger
             && (*t == old.volume().index || self.volumes.get(*t).is_none_or(|v| v.is_none()))
         {
-            tracing::warn!(
-                target = t,
-                "manual switch refused: no such open volume, or already active"
-            );
-            return Outcome::NoTarget;
+            let now = SystemTime::now();
+            self.record(AuditEntry {
+                generation: old.generation(),
+                from: old.volume().name.clone(),
+                to: None,
+                reason: format!(
+                    "{} (target {t}: not an open volume, or already active)",
+                    trigger.reason()
+                ),
+                evidence: trigger.evidence(),
+                in_flight: 0,
+                still_running: 0,
+                drained: true,
+                queued: 0,
+                retried: 0,
+                stale_handles: 0,
+                invalidated: 0,
+                started_at: now,
+                drain: Duration::ZERO,
+                swap: Duration::ZERO,
+                invalidate: Duration::ZERO,
+                completed_at: now,
+                outcome: Outcome::Refused,
+            });
+            return Outcome::Refused;
         }
         tokio::pin!(forced);
         let started_at = SystemTime::now();
@@ -323,7 +347,8 @@ impl Controller {
     /// Serve `volume` again under a new generation (a manual switch that found no target
     /// reopens the gate this way).
     pub fn reopen(&self, generation: u64, volume: Arc<Volume>) {
-        self.vfs.inodes().begin_generation(generation);
+        // Same volume: backend identities stay valid, and open handles keep their files.
+        self.vfs.inodes().carry_generation(generation);
         self.router.publish(Route::serving(generation, volume));
     }
 
@@ -398,6 +423,7 @@ impl Controller {
                 still_running = e.still_running,
                 "switch interrupted by a forced stop"
             ),
+            Outcome::Refused => tracing::warn!(reason = %e.reason, "manual switch refused"),
         }
         self.audit.lock().push(e);
     }
@@ -637,6 +663,25 @@ mod tests {
         assert_eq!(out, Outcome::Interrupted);
         s.faults[0].clear();
         let _ = hung.join();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_manual_switch_to_nowhere_is_refused_without_closing_the_gate() {
+        let s = setup(2, Duration::from_secs(2));
+        for target in [0, 7] {
+            let manual = Trigger::Manual {
+                target: Some(target),
+                reason: "test".into(),
+            };
+            let out = s
+                .controller
+                .switch(manual, &healthy(2), std::future::pending())
+                .await;
+            assert_eq!(out, Outcome::Refused);
+            assert!(!s.router.current().gate().is_closed());
+        }
+        assert_eq!(s.controller.audit().lock().len(), 2);
+        assert_eq!(s.router.current().generation(), 1);
     }
 
     #[test]

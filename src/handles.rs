@@ -27,6 +27,15 @@ use crate::error::{Error, Result};
 
 const SHARDS: usize = 64;
 
+/// Which route a handle's file belongs to: the route's generation and its volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Epoch {
+    /// Route generation.
+    pub generation: u64,
+    /// Index of the route's volume in the table.
+    pub volume: usize,
+}
+
 /// An open regular file.
 pub struct FileHandle {
     /// The inode the handle was opened on.
@@ -38,7 +47,7 @@ pub struct FileHandle {
 
 enum Binding {
     Open {
-        generation: u64,
+        epoch: Epoch,
         file: Arc<dyn OpenFile>,
     },
     Stale,
@@ -52,78 +61,90 @@ pub enum Reopen {
     Gone,
 }
 
+/// What the binding says for an operation of a given epoch, short of re-opening.
+enum Check {
+    Use(Arc<dyn OpenFile>),
+    Fail(Error),
+    Reopen,
+}
+
+impl Binding {
+    fn check(&mut self, at: Epoch, stale_errno: i32) -> Check {
+        match self {
+            Binding::Stale => Check::Fail(Error::stale(stale_errno)),
+            Binding::Open { epoch, file } => {
+                if epoch.generation == at.generation {
+                    Check::Use(file.clone())
+                } else if epoch.generation > at.generation {
+                    // An operation still running on a drained route: never hand it the newer
+                    // volume's file (one operation, one volume); it may retry on the new route.
+                    Check::Fail(Error::unavailable(libc::EIO))
+                } else if epoch.volume == at.volume {
+                    // A newer route over the same volume: the file is still the right one.
+                    *epoch = at;
+                    Check::Use(file.clone())
+                } else {
+                    Check::Reopen
+                }
+            }
+        }
+    }
+}
+
 impl FileHandle {
-    /// The backend file for an operation running under `generation`; re-opened through `reopen`
-    /// when the handle belongs to an older generation. `stale_errno` is what a stale handle
-    /// answers. An operation of an older generation than the handle's (one still running on a
-    /// drained route) gets an unavailable error, never the newer volume's file: one operation,
-    /// one volume.
+    /// The backend file for an operation running at `at`; re-opened through `reopen` when the
+    /// handle belongs to an older route on another volume. `stale_errno` is what a stale handle
+    /// answers.
     pub fn file(
         &self,
-        generation: u64,
+        at: Epoch,
         stale_errno: i32,
         reopen: impl FnOnce() -> Result<Reopen>,
     ) -> Result<Arc<dyn OpenFile>> {
-        {
-            let b = self.bound.lock();
-            match &*b {
-                Binding::Open {
-                    generation: g,
-                    file,
-                } if *g == generation => return Ok(file.clone()),
-                Binding::Open { generation: g, .. } if *g > generation => {
-                    return Err(Error::unavailable(libc::EIO));
-                }
-                Binding::Stale => return Err(Error::stale(stale_errno)),
-                Binding::Open { .. } => {}
-            }
+        match self.bound.lock().check(at, stale_errno) {
+            Check::Use(file) => return Ok(file),
+            Check::Fail(e) => return Err(e),
+            Check::Reopen => {}
         }
         // Re-open outside the lock; if two operations race, the first binding wins and the other
         // file is simply closed.
         let opened = reopen()?;
         let mut b = self.bound.lock();
-        match (&*b, opened) {
-            (
-                Binding::Open {
-                    generation: g,
-                    file,
-                },
-                _,
-            ) if *g == generation => Ok(file.clone()),
-            (Binding::Open { generation: g, .. }, _) if *g > generation => {
-                Err(Error::unavailable(libc::EIO))
-            }
-            (Binding::Stale, _) => Err(Error::stale(stale_errno)),
-            (_, Reopen::Opened(file)) => {
-                *b = Binding::Open {
-                    generation,
-                    file: file.clone(),
-                };
-                Ok(file)
-            }
-            (_, Reopen::Gone) => {
-                tracing::warn!(
-                    ino = self.ino,
-                    "open handle has no file on the new volume; it answers ESTALE from now on"
-                );
-                *b = Binding::Stale;
-                Err(Error::stale(stale_errno))
-            }
+        match b.check(at, stale_errno) {
+            Check::Use(file) => Ok(file),
+            Check::Fail(e) => Err(e),
+            Check::Reopen => match opened {
+                Reopen::Opened(file) => {
+                    *b = Binding::Open {
+                        epoch: at,
+                        file: file.clone(),
+                    };
+                    Ok(file)
+                }
+                Reopen::Gone => {
+                    tracing::warn!(
+                        ino = self.ino,
+                        "open handle has no file on the new volume; it answers the stale errno from now on"
+                    );
+                    *b = Binding::Stale;
+                    Err(Error::stale(stale_errno))
+                }
+            },
         }
     }
 
     /// The generation the handle is bound to, or `None` when it is stale.
     pub fn generation(&self) -> Option<u64> {
         match &*self.bound.lock() {
-            Binding::Open { generation, .. } => Some(*generation),
+            Binding::Open { epoch, .. } => Some(epoch.generation),
             Binding::Stale => None,
         }
     }
 
-    /// The bound file and its generation, if any.
-    fn current(&self) -> Option<(u64, Arc<dyn OpenFile>)> {
+    /// The bound file and its epoch, if any.
+    fn current(&self) -> Option<(Epoch, Arc<dyn OpenFile>)> {
         match &*self.bound.lock() {
-            Binding::Open { generation, file } => Some((*generation, file.clone())),
+            Binding::Open { epoch, file } => Some((*epoch, file.clone())),
             Binding::Stale => None,
         }
     }
@@ -205,12 +226,12 @@ impl HandleTable {
         fh
     }
 
-    /// Register an open file bound to `file` under `generation`.
-    pub fn open_file(&self, ino: u64, flags: i32, generation: u64, file: Arc<dyn OpenFile>) -> u64 {
+    /// Register an open file bound to `file`, opened at `epoch`.
+    pub fn open_file(&self, ino: u64, flags: i32, epoch: Epoch, file: Arc<dyn OpenFile>) -> u64 {
         self.insert(Handle::File(FileHandle {
             ino,
             flags,
-            bound: Mutex::new(Binding::Open { generation, file }),
+            bound: Mutex::new(Binding::Open { epoch, file }),
         }))
     }
 
@@ -240,13 +261,13 @@ impl HandleTable {
         self.shard(fh).write().remove(&fh)
     }
 
-    /// An open file of `ino` bound under `generation` (for `getattr` and `setattr` of an
-    /// unlinked file that is still open). `Err(stale)` when the inode is open only on an earlier
-    /// volume: its file is not on the current one. Walks the table: only used on that rare path.
+    /// An open file of `ino` usable at `at` (for `getattr` and `setattr` of an unlinked file
+    /// that is still open). `Err(stale)` when the inode is open only on an earlier volume: its
+    /// file is not on the current one. Walks the table: only used on that rare path.
     pub fn any_file_of(
         &self,
         ino: u64,
-        generation: u64,
+        at: Epoch,
         stale_errno: i32,
     ) -> Option<Result<Arc<dyn OpenFile>>> {
         let mut older = false;
@@ -254,12 +275,14 @@ impl HandleTable {
             for h in shard.read().values() {
                 if let Handle::File(f) = &**h
                     && f.ino == ino
-                    && let Some((g, file)) = f.current()
+                    && let Some((epoch, file)) = f.current()
                 {
-                    if g == generation {
+                    if epoch.generation == at.generation
+                        || (epoch.generation < at.generation && epoch.volume == at.volume)
+                    {
                         return Some(Ok(file));
                     }
-                    older = true;
+                    older |= epoch.generation < at.generation;
                 }
             }
         }
@@ -305,22 +328,36 @@ mod tests {
         let b = DirBackend::open(tmp.path()).unwrap();
         let open = || b.open(std::path::Path::new("f"), libc::O_RDONLY);
         let table = HandleTable::new();
-        let fh = table.open_file(2, libc::O_RDONLY, 1, open().unwrap());
+        let at = |generation, volume| Epoch { generation, volume };
+        let fh = table.open_file(2, libc::O_RDONLY, at(1, 0), open().unwrap());
         let h = table.file(fh).unwrap();
         let Handle::File(h) = &*h else { panic!() };
-        // A newer generation re-opens the handle...
-        let reopened = h
-            .file(2, libc::ESTALE, || Ok(Reopen::Opened(open()?)))
-            .unwrap();
+        // A newer route over the same volume keeps the file, without re-opening...
+        let same = h.file(at(2, 0), libc::ESTALE, || unreachable!()).unwrap();
         assert_eq!(h.generation(), Some(2));
+        drop(same);
+        // ...another volume re-opens it...
+        let reopened = h
+            .file(at(3, 1), libc::ESTALE, || Ok(Reopen::Opened(open()?)))
+            .unwrap();
+        assert_eq!(h.generation(), Some(3));
         drop(reopened);
-        // ...after which an operation still running on generation 1 gets no file at all.
-        let e = h.file(1, libc::ESTALE, || unreachable!()).err().unwrap();
+        // ...after which an operation still running on an older route gets no file at all.
+        let e = h
+            .file(at(2, 0), libc::ESTALE, || unreachable!())
+            .err()
+            .unwrap();
         assert_eq!(e.kind(), crate::error::Kind::Unavailable);
         // A file missing on the next volume makes the handle stale, for good.
-        let e = h.file(3, libc::ESTALE, || Ok(Reopen::Gone)).err().unwrap();
+        let e = h
+            .file(at(4, 0), libc::ESTALE, || Ok(Reopen::Gone))
+            .err()
+            .unwrap();
         assert_eq!(e.errno(), libc::ESTALE);
-        let e = h.file(4, libc::ESTALE, || unreachable!()).err().unwrap();
+        let e = h
+            .file(at(5, 1), libc::ESTALE, || unreachable!())
+            .err()
+            .unwrap();
         assert_eq!(e.errno(), libc::ESTALE);
     }
 }

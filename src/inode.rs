@@ -395,9 +395,17 @@ impl InodeTable {
             if let Some(n) = l.node(ino) {
                 n.remove_place(parent, &name);
             }
+            drop(l);
+            // The parent may have been waiting only for this child to go.
+            self.remove_if_unreferenced(parent);
             detached.push((parent, name.to_os_string()));
         }
         detached
+    }
+
+    /// Continue under `generation` on the same volume: identities seen so far stay valid.
+    pub fn carry_generation(&self, generation: u64) {
+        self.id_generation.store(generation, Ordering::Release);
     }
 
     /// The kernel dropped `n` lookups of `ino`.

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::{Attr, Caller, FileKind, OpenFile, SetAttr, StatFs};
 use crate::error::{Error, Kind, Result};
-use crate::handles::{Handle, HandleTable, Listed, Reopen};
+use crate::handles::{Epoch, Handle, HandleTable, Listed, Reopen};
 use crate::inode::InodeTable;
 use crate::routing::{Router, Ticket, Volume};
 
@@ -178,7 +178,7 @@ impl Vfs {
         let Handle::File(h) = &*h else {
             return Err(Error::invalid(libc::EBADF));
         };
-        h.file(t.generation(), self.opts.stale_errno, || {
+        h.file(epoch(t), self.opts.stale_errno, || {
             reopen(&self.inodes, t.volume(), h.ino, h.flags)
         })
     }
@@ -218,7 +218,7 @@ impl Vfs {
                 // Unlinked but still open: ask an open file of this volume.
                 Err(e) => match self
                     .handles
-                    .any_file_of(ino, t.generation(), self.opts.stale_errno)
+                    .any_file_of(ino, epoch(t), self.opts.stale_errno)
                 {
                     Some(file) => file?.stat(),
                     None => Err(e),
@@ -241,7 +241,7 @@ impl Vfs {
                 Ok(path) => t.volume().backend.setattr(&path, set),
                 Err(e) => match self
                     .handles
-                    .any_file_of(ino, t.generation(), self.opts.stale_errno)
+                    .any_file_of(ino, epoch(t), self.opts.stale_errno)
                 {
                     Some(file) => file?.setattr(set),
                     None => Err(e),
@@ -358,7 +358,7 @@ impl Vfs {
         self.run(Retry::Never, |t| {
             let path = self.inodes.path(ino)?;
             let file = t.volume().backend.open(&path, flags)?;
-            Ok(self.handles.open_file(ino, flags, t.generation(), file))
+            Ok(self.handles.open_file(ino, flags, epoch(t), file))
         })
     }
 
@@ -376,9 +376,7 @@ impl Vfs {
             let dir = self.inodes.path(parent)?;
             let (file, attr) = t.volume().backend.create(&dir, name, mode, flags, who)?;
             let entry = self.entry(t, parent, name, attr)?;
-            let fh = self
-                .handles
-                .open_file(entry.ino, flags, t.generation(), file);
+            let fh = self.handles.open_file(entry.ino, flags, epoch(t), file);
             Ok((entry, fh))
         })
     }
@@ -671,6 +669,14 @@ impl Vfs {
         } else {
             Err(Error::posix(libc::EACCES))
         }
+    }
+}
+
+/// The route an operation runs on, as handles record it.
+fn epoch(t: &Ticket) -> Epoch {
+    Epoch {
+        generation: t.generation(),
+        volume: t.volume().index,
     }
 }
 

@@ -559,3 +559,39 @@ fn inode_numbers_survive_a_switch_without_open_files() {
     );
     assert_eq!(which_volume(&fs::read(fx.path("both/a")).unwrap()), Some(1));
 }
+
+#[test]
+fn a_manual_switch_with_no_target_keeps_serving_the_same_files() {
+    let layout = Layout::new(2, "", &fast());
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    // The standby is gone: nothing to switch to.
+    fs::rename(&fx.layout.vols[1], fx.layout.dir.path().join("v1.gone")).unwrap();
+    wait_until(Duration::from_secs(10), "the standby is not usable", || {
+        !fx.app().monitor().state(1).unwrap().health.usable()
+    });
+    // A file deleted while open is still open on this very volume.
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(fx.path("scratch"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"still mine").unwrap();
+    fs::remove_file(fx.path("scratch")).unwrap();
+    assert_eq!(fx.app().switch_to(None, "test"), Some(Outcome::NoTarget));
+    // The gate reopened on the same volume: everything keeps working, that handle included
+    // (its cached pages dropped, so the read reaches the daemon).
+    fs::write("/proc/sys/vm/drop_caches", b"1").unwrap();
+    let mut buf = [0u8; 16];
+    let n = f.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..n], b"still mine");
+    assert_eq!(f.metadata().unwrap().len(), 10);
+    assert_eq!(which_volume(&fs::read(fx.path("both/a")).unwrap()), Some(0));
+    assert_eq!(
+        fx.app().switch_to(Some(0), "test"),
+        Some(Outcome::Refused),
+        "switching to the active volume changes nothing"
+    );
+}

@@ -118,6 +118,7 @@ impl DirBackend {
         match FileKind::from_mode(fstat(target.as_fd())?.st_mode) {
             Some(FileKind::File) => {}
             Some(FileKind::Dir) => return Err(Error::posix(libc::EISDIR)),
+            Some(FileKind::Symlink) => return Err(Error::posix(libc::ELOOP)),
             _ => return Err(Error::posix(libc::ENXIO)),
         }
         let flags = backend_open_flags(flags) & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW);
@@ -191,14 +192,17 @@ impl Backend for DirBackend {
 
     fn setattr(&self, path: &Path, set: &SetAttr) -> Result<Attr> {
         let target = self.target(path)?;
-        if set.size.is_some() && fstat(target.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
+        if set.size.is_some() {
             // Only regular files have a size to set (never open a device node to truncate it).
-            return Err(Error::posix(libc::EINVAL));
+            match fstat(target.as_fd())?.st_mode & libc::S_IFMT {
+                libc::S_IFREG => {}
+                libc::S_IFDIR => return Err(Error::posix(libc::EISDIR)),
+                _ => return Err(Error::posix(libc::EINVAL)),
+            }
         }
         with_proc_path(target.as_fd(), |proc| {
             if let Some(size) = set.size {
-                // Truncate through the descriptor's own link: a symlink cannot be opened this way,
-                // and O_NONBLOCK keeps a fifo from blocking us.
+                // Truncate through the descriptor's own link (a regular file, checked above).
                 let f = nix::fcntl::open(
                     proc,
                     OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
