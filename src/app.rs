@@ -65,7 +65,6 @@ pub struct App {
     vfs: Arc<Vfs>,
     monitor: Arc<Monitor>,
     audit: Arc<Mutex<Vec<AuditEntry>>>,
-    volumes: Vec<Option<Arc<Volume>>>,
     commands: mpsc::UnboundedSender<Command>,
     done: Option<tokio::task::JoinHandle<Exit>>,
     mount_path: PathBuf,
@@ -186,13 +185,8 @@ impl App {
             "mounted"
         );
         let cache: Arc<dyn KernelCache> = Arc::new(NotifierCache::new(mounted.notifier()));
-        let controller = Controller::new(
-            router.clone(),
-            vfs.clone(),
-            volumes.clone(),
-            failover,
-            Some(cache),
-        );
+        let controller =
+            Controller::new(router.clone(), vfs.clone(), volumes, failover, Some(cache));
         let audit = controller.audit();
         let (commands, command_rx) = mpsc::unbounded_channel();
         let supervisor = Supervisor {
@@ -215,7 +209,6 @@ impl App {
             vfs,
             monitor,
             audit,
-            volumes,
             commands,
             done: Some(done),
             mount_path,
@@ -240,11 +233,6 @@ impl App {
     /// The mount point.
     pub fn mount_path(&self) -> &Path {
         &self.mount_path
-    }
-
-    /// The opened volumes, in table order (`None` where a volume could not be opened).
-    pub fn volumes(&self) -> &[Option<Arc<Volume>>] {
-        &self.volumes
     }
 
     /// Switch now, to `target` or to the next healthy volume (drills, tests, and later the admin
@@ -400,7 +388,7 @@ impl Supervisor {
             };
             if let Some((evidence, pending, since)) = deleted {
                 let trigger = Trigger::Deleted { evidence, pending };
-                if let Some(exit) = self.switch(trigger, since).await {
+                if let (Some(exit), _) = self.switch(trigger, since).await {
                     return exit;
                 }
                 continue;
@@ -420,7 +408,7 @@ impl Supervisor {
                     None | Some(Command::Stop) => return self.stop(false).await,
                     Some(Command::Switch { target, reason, reply }) => {
                         let trigger = Trigger::Manual { target, reason };
-                        let (exit, outcome) = self.manual_switch(trigger).await;
+                        let (exit, outcome) = self.switch(trigger, Instant::now()).await;
                         let _ = reply.send(outcome);
                         if let Some(exit) = exit {
                             return exit;
@@ -458,39 +446,27 @@ impl Supervisor {
         self.controller.switch(trigger, &healths, forced).await
     }
 
-    /// A switch after a confirmed deletion; `Some(exit)` when the process must end.
-    async fn switch(&mut self, trigger: Trigger, confirmed_at: Instant) -> Option<Exit> {
-        let evidence = match &trigger {
-            Trigger::Deleted { evidence, .. } => evidence.clone(),
-            Trigger::Manual { .. } => "-".into(),
+    /// One switch, whatever started it; `Some(exit)` when the process must end. With nothing to
+    /// switch to, a confirmed deletion ends the process (exit 3) while a manual switch leaves
+    /// the current volume serving.
+    async fn switch(&mut self, trigger: Trigger, started: Instant) -> (Option<Exit>, Outcome) {
+        let deleted = match &trigger {
+            Trigger::Deleted { evidence, .. } => Some(evidence.clone()),
+            Trigger::Manual { .. } => None,
         };
         let from = self.router.current().volume().name.clone();
-        match self.run_switch(trigger).await {
-            Outcome::Swapped { to, .. } => {
-                self.active = to;
-                self.monitor.set_active(to);
-                if self.stop_requested {
-                    return Some(self.stop(self.signals_seen >= 2).await);
-                }
-                None
-            }
-            Outcome::Interrupted => Some(self.stop(true).await),
-            Outcome::NoTarget | Outcome::Refused => {
-                Some(self.volume_deleted(&from, &evidence, confirmed_at).await)
-            }
-        }
-    }
-
-    /// A manual switch: on no target, the current volume keeps serving.
-    async fn manual_switch(&mut self, trigger: Trigger) -> (Option<Exit>, Outcome) {
         let outcome = self.run_switch(trigger).await;
-        let exit = match outcome {
-            Outcome::Swapped { to, .. } => {
+        let exit = match (outcome, deleted) {
+            (Outcome::Swapped { to, .. }, _) => {
                 self.active = to;
                 self.monitor.set_active(to);
                 None
             }
-            Outcome::NoTarget => {
+            (Outcome::Interrupted, _) => Some(self.stop(true).await),
+            (Outcome::NoTarget | Outcome::Refused, Some(evidence)) => {
+                Some(self.volume_deleted(&from, &evidence, started).await)
+            }
+            (Outcome::NoTarget | Outcome::Refused, None) => {
                 // If the gate was closed for nothing, reopen: the same volume, a new generation.
                 let old = self.router.current();
                 if old.gate().is_closed() {
@@ -499,8 +475,6 @@ impl Supervisor {
                 }
                 None
             }
-            Outcome::Refused => None,
-            Outcome::Interrupted => Some(self.stop(true).await),
         };
         let exit = match exit {
             None if self.stop_requested => Some(self.stop(self.signals_seen >= 2).await),

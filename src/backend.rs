@@ -127,7 +127,7 @@ pub struct SetAttr {
 }
 
 impl SetAttr {
-    /// Whether the request changes anything that a read-only mount must refuse.
+    /// Whether the request changes nothing (a `setattr` that only asks for attributes).
     pub fn is_empty(&self) -> bool {
         *self == SetAttr::default()
     }
@@ -208,7 +208,7 @@ pub trait Backend: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// Attributes of the file at `path`, not following a final symlink.
     fn stat(&self, path: &Path) -> Result<Attr>;
-    /// Change attributes by path; `file` is the open file when the kernel passed a handle.
+    /// Change attributes by path (through a handle, see [`OpenFile::setattr`]).
     fn setattr(&self, path: &Path, set: &SetAttr) -> Result<Attr>;
     /// Target of the symlink at `path`.
     fn readlink(&self, path: &Path) -> Result<Vec<u8>>;

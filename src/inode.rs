@@ -177,17 +177,22 @@ impl InodeTable {
         }
     }
 
-    /// The kind of an inode, if it is known.
-    pub fn kind(&self, ino: u64) -> Option<FileKind> {
-        self.shards[shard_of(ino)].lock().get(&ino).map(|n| n.kind)
-    }
-
     /// The path of `ino` relative to the volume root (empty for the root). `ENOENT` when the
     /// inode is detached (unlinked) or unknown.
     pub fn path(&self, ino: u64) -> Result<PathBuf> {
+        self.path_with(ino, None)
+    }
+
+    /// The path of `name` in directory `parent`, built in one allocation (what `lookup` and the
+    /// create operations need).
+    pub fn child_path(&self, parent: u64, name: &OsStr) -> Result<PathBuf> {
+        self.path_with(parent, Some(name))
+    }
+
+    fn path_with(&self, ino: u64, last: Option<&OsStr>) -> Result<PathBuf> {
         let mut parts: SmallVec<[Name; 16]> = SmallVec::new();
         let mut cur = ino;
-        let mut len = 0usize;
+        let mut len = last.map_or(0, |n| n.len() + 1);
         while cur != ROOT {
             if parts.len() >= MAX_DEPTH {
                 return Err(Error::invalid(libc::ELOOP));
@@ -200,7 +205,8 @@ impl InodeTable {
             cur = *parent;
         }
         let mut path = OsString::with_capacity(len);
-        for (i, part) in parts.iter().rev().enumerate() {
+        let names = parts.iter().rev().map(|n| &**n).chain(last);
+        for (i, part) in names.enumerate() {
             if i > 0 {
                 path.push("/");
             }
@@ -602,6 +608,14 @@ mod tests {
         assert_eq!(lookup(&t, d, "f", FileKind::File, 11), f);
         assert_eq!(t.path(f).unwrap(), PathBuf::from("d/f"));
         assert_eq!(t.path(ROOT).unwrap(), PathBuf::new());
+        assert_eq!(
+            t.child_path(d, OsStr::new("g")).unwrap(),
+            PathBuf::from("d/g")
+        );
+        assert_eq!(
+            t.child_path(ROOT, OsStr::new("g")).unwrap(),
+            PathBuf::from("g")
+        );
         assert_eq!(t.stats().nodes, 3);
     }
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -384,7 +384,6 @@ pub async fn probe_once(
 pub struct Monitor {
     states: Vec<watch::Receiver<VolumeState>>,
     active: watch::Sender<usize>,
-    wakes: Vec<Arc<Notify>>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -399,7 +398,6 @@ impl Monitor {
         let (active_tx, _) = watch::channel(active);
         let cancel = CancellationToken::new();
         let mut states = Vec::new();
-        let mut wakes = Vec::new();
         let mut tasks = Vec::new();
         for w in volumes {
             let (tx, rx) = watch::channel(VolumeState {
@@ -411,21 +409,12 @@ impl Monitor {
                 rounds: 0,
                 since: Instant::now(),
             });
-            let wake = Arc::new(Notify::new());
-            tasks.push(runtime.spawn(watch_volume(
-                w,
-                tx,
-                active_tx.subscribe(),
-                wake.clone(),
-                cancel.clone(),
-            )));
+            tasks.push(runtime.spawn(watch_volume(w, tx, active_tx.subscribe(), cancel.clone())));
             states.push(rx);
-            wakes.push(wake);
         }
         Monitor {
             states,
             active: active_tx,
-            wakes,
             cancel,
             tasks,
         }
@@ -451,13 +440,6 @@ impl Monitor {
         self.active.send_replace(index);
     }
 
-    /// Probe volume `index` now instead of at its next tick.
-    pub fn probe_now(&self, index: usize) {
-        if let Some(w) = self.wakes.get(index) {
-            w.notify_one();
-        }
-    }
-
     /// Stop every probe task.
     pub fn shutdown(&self) {
         self.cancel.cancel();
@@ -477,7 +459,6 @@ async fn watch_volume(
     w: Watched,
     tx: watch::Sender<VolumeState>,
     mut active: watch::Receiver<usize>,
-    wake: Arc<Notify>,
     cancel: CancellationToken,
 ) {
     let mut tracker = Tracker::new(w.policy);
@@ -519,7 +500,6 @@ async fn watch_volume(
         let delay = tracker.next_delay(base(now_active), &mut backoff);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = wake.notified() => {}
             _ = active.changed() => {}
             _ = cancel.cancelled() => return,
         }

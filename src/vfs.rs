@@ -190,8 +190,8 @@ impl Vfs {
             return Err(Error::posix(libc::ENOENT));
         }
         self.run(Retry::Safe, |t| {
-            let dir = self.inodes.path(parent)?;
-            let attr = t.volume().backend.stat(&dir.join(name))?;
+            let path = self.inodes.child_path(parent, name)?;
+            let attr = t.volume().backend.stat(&path)?;
             self.entry(t, parent, name, attr)
         })
     }
@@ -384,24 +384,7 @@ impl Vfs {
     /// `read` into `buf`; returns the bytes read (short only at end of file).
     #[inline]
     pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let ticket = self.router.enter()?;
-        let first = self
-            .file_of(&ticket, fh)
-            .and_then(|f| f.read_at(buf, offset));
-        match first {
-            Err(e) if e.retryable() => {
-                let generation = ticket.generation();
-                drop(ticket);
-                match self.router.enter_newer(generation) {
-                    Some(Ok(next)) => {
-                        self.retried.fetch_add(1, Ordering::Relaxed);
-                        self.file_of(&next, fh)?.read_at(buf, offset)
-                    }
-                    _ => Err(e),
-                }
-            }
-            r => r,
-        }
+        self.run(Retry::Safe, |t| self.file_of(t, fh)?.read_at(buf, offset))
     }
 
     /// `write` at an explicit offset; returns the bytes written.

@@ -71,11 +71,6 @@ impl DirBackend {
         })
     }
 
-    /// The configured root path.
-    pub fn root_path(&self) -> &Path {
-        &self.root_path
-    }
-
     /// Open `rel` beneath the root with `flags`, following no symlink on the way.
     fn resolve(&self, rel: &Path, flags: OFlag) -> Result<OwnedFd> {
         let how = OpenHow::new()

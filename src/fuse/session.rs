@@ -111,18 +111,6 @@ impl Mounted {
         self.notifier.clone()
     }
 
-    /// The mount point.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Whether the kernel connection is still served (false once unmounted from outside).
-    pub fn is_serving(&self) -> bool {
-        self.session
-            .as_ref()
-            .is_some_and(|s| !s.guard.is_finished())
-    }
-
     /// Whether the mount uses `auto_unmount`.
     pub fn auto_unmount(&self) -> bool {
         self.auto_unmount
