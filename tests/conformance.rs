@@ -24,13 +24,16 @@ struct PjdRun {
     summary: String,
 }
 
-fn pjdfstest(dir: &Path) -> PjdRun {
+/// Run pjdfstest in `dir`: every test, or those whose names contain one of `only` (callers
+/// look for the exact name in the result).
+fn pjdfstest(dir: &Path, only: &[&str]) -> PjdRun {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pjdfstest.toml");
     let out = Command::new(tool("pjdfstest"))
         .arg("-c")
         .arg(&config)
         .arg("-p")
         .arg(dir)
+        .args(only)
         .current_dir(dir)
         .output()
         .expect("run pjdfstest");
@@ -66,8 +69,8 @@ fn pjdfstest_passes_through_the_mount_as_on_the_raw_directory() {
     let fx = Fixture::with(1, "allow_other = true", "");
     let raw_dir = fx.layout.dir.path().join("raw");
     std::fs::create_dir(&raw_dir).unwrap();
-    let raw = pjdfstest(&raw_dir);
-    let mounted = pjdfstest(&fx.layout.mnt);
+    let raw = pjdfstest(&raw_dir, &[]);
+    let mut mounted = pjdfstest(&fx.layout.mnt, &[]);
     println!("raw directory: {}", raw.summary);
     println!("failoverfs:    {}", mounted.summary);
     assert!(
@@ -75,6 +78,26 @@ fn pjdfstest_passes_through_the_mount_as_on_the_raw_directory() {
         "pjdfstest ran too few tests: {}",
         raw.summary
     );
+    // A few pjdfstest cases race with the suite's own threads (`open::etxtbsy` execs a file
+    // that a concurrently forked child may still hold open for writing: "text file busy").
+    // A case that passed on the raw directory gets two more tries through the mount, alone; a
+    // real difference fails all three.
+    let lost: Vec<String> = raw
+        .passed
+        .difference(&mounted.passed)
+        .filter(|t| !FUSE_EXCEPTIONS.iter().any(|(name, _)| name == t))
+        .cloned()
+        .collect();
+    for t in lost {
+        for attempt in 2..=3 {
+            if pjdfstest(&fx.layout.mnt, &[t.as_str()]).passed.contains(&t) {
+                println!("{t}: passed through failoverfs on attempt {attempt}");
+                mounted.failed.remove(&t);
+                mounted.passed.insert(t.clone());
+                break;
+            }
+        }
+    }
     let lost: Vec<&String> = raw
         .passed
         .difference(&mounted.passed)
@@ -82,7 +105,7 @@ fn pjdfstest_passes_through_the_mount_as_on_the_raw_directory() {
         .collect();
     assert!(
         lost.is_empty(),
-        "pass on the raw directory, not through failoverfs: {lost:?}"
+        "pass on the raw directory, not through failoverfs (three tries): {lost:?}"
     );
     let new_failures: Vec<&String> = mounted.failed.difference(&raw.failed).collect();
     assert!(
