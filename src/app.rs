@@ -174,6 +174,16 @@ impl App {
             threads: settings.mount.threads,
             fsname: format!("failoverfs:{}", primary.name),
         };
+        // Stacking on a live FUSE mount (another failoverfs, or any FUSE client) would hide it,
+        // and stopping one would unmount the other's path.
+        let real = std::fs::canonicalize(&mount_path).unwrap_or_else(|_| mount_path.clone());
+        if crate::fuse::session::is_mounted(&real) {
+            return Err(StartError(format!(
+                "cannot mount at {}: a FUSE filesystem (another failoverfs?) is already mounted \
+                 there; unmount it first",
+                mount_path.display()
+            )));
+        }
         let mounted = Mounted::mount(fs, &opts)
             .map_err(|e| StartError(format!("cannot mount at {}: {e}", mount_path.display())))?;
         tracing::info!(

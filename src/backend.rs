@@ -15,6 +15,7 @@
 
 pub mod dir;
 pub mod faulty;
+pub mod identity;
 
 use std::any::Any;
 use std::ffi::OsStr;
@@ -86,18 +87,27 @@ pub struct Attr {
     pub mtime: SystemTime,
     /// Last status change.
     pub ctime: SystemTime,
-    /// The backend's identity of the file (device and inode on the backend). Only meaningful
-    /// within one volume; used to recognise hard links, never shown to the kernel.
+    /// The backend's identity of the file. Only meaningful within one volume: the inode table
+    /// compares it on every lookup to tell a file from another one that took its name (or its
+    /// reused inode number), and derives the inode number the kernel sees from it.
     pub id: FileId,
 }
 
-/// A file's identity within one backend.
+/// A file's identity within one backend: device, inode number, and a generation that tells two
+/// files apart that held the same inode number one after the other.
+///
+/// The generation is the birth time in nanoseconds where the filesystem reports one (ext4, xfs,
+/// btrfs, tmpfs on current kernels), and 0 where it does not (most FUSE filesystems, such as
+/// `cfs-client`): there, a file deleted and re-created with the same inode number between two
+/// lookups is taken for the old one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileId {
     /// Backend device.
     pub dev: u64,
     /// Backend inode.
     pub ino: u64,
+    /// Birth time in nanoseconds since the epoch, or 0 when unknown.
+    pub birth: u64,
 }
 
 /// A time to set.
@@ -133,18 +143,26 @@ impl SetAttr {
     }
 }
 
-/// Who asks: new files belong to the caller, as on a local filesystem.
+/// Who asks: new files belong to the caller, as on a local filesystem, and what a caller creates
+/// or opens while creating is subject to the caller's own permissions on the volume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
-    /// Caller's user id.
+    /// Caller's user id (filesystem uid).
     pub uid: u32,
-    /// Caller's group id.
+    /// Caller's group id (filesystem gid).
     pub gid: u32,
+    /// Caller's process id in our pid namespace (0 when unknown): where its supplementary
+    /// groups are read from.
+    pub pid: u32,
 }
 
 impl Caller {
     /// The superuser.
-    pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
+    pub const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
 }
 
 /// One directory entry (never `.` or `..`).
@@ -154,6 +172,8 @@ pub struct DirEntry {
     pub name: std::ffi::OsString,
     /// Entry type.
     pub kind: FileKind,
+    /// The backend's inode number of the entry (`d_ino`), or 0 when the backend has none.
+    pub ino: u64,
 }
 
 /// Filesystem statistics.

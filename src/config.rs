@@ -893,6 +893,52 @@ impl Settings {
                 }
             }
         }
+        self.refuse_overlaps(origin)
+    }
+
+    /// Refuse layouts that cannot work: a mount point inside, equal to or containing a volume
+    /// root (failoverfs would serve itself and deadlock, or hide the volume under the mount),
+    /// and two volumes that are one directory (the standby would protect nothing). Paths are
+    /// compared after resolving symlinks, `.` and `..`.
+    fn refuse_overlaps(&self, origin: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let mount = self.mount.path.as_deref().map(real);
+        let mut roots: Vec<(String, PathBuf)> = Vec::new();
+        for (i, v) in self.volumes.iter().enumerate() {
+            let BackendSettings::Dir { path } = &v.backend;
+            let key = format!("volumes[{i}].backend.path");
+            let root = real(path);
+            let err = |message: String| ConfigError {
+                origin: origin(&key),
+                key: key.clone(),
+                message,
+            };
+            if let Some(m) = &mount {
+                let relation = if *m == root {
+                    Some("is the mount point itself")
+                } else if m.starts_with(&root) {
+                    Some("contains the mount point")
+                } else if root.starts_with(m) {
+                    Some("lies inside the mount point")
+                } else {
+                    None
+                };
+                if let Some(relation) = relation {
+                    return Err(err(format!(
+                        "{} {relation} {}: a volume root and the mount point must not overlap",
+                        root.display(),
+                        m.display()
+                    )));
+                }
+            }
+            if let Some((other, _)) = roots.iter().find(|(_, r)| *r == root) {
+                return Err(err(format!(
+                    "{} is the same directory as {other}: a standby must be another volume",
+                    root.display()
+                )));
+            }
+            roots.push((key, root));
+        }
         Ok(())
     }
 
@@ -1079,6 +1125,67 @@ mod tests {
              [[volumes]]\nname = \"b\"\nbackend = {{ kind = \"dir\", path = \"{d}/b\" }}\n",
             d = dir.display()
         )
+    }
+
+    #[test]
+    fn overlapping_mount_point_and_volume_roots_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().display().to_string();
+        let cases = [
+            // (mount point, volume a, volume b, the key named, what the message says)
+            (
+                "{d}/a",
+                "{d}/a",
+                "{d}/b",
+                "volumes[0].backend.path",
+                "is the mount point itself",
+            ),
+            (
+                "{d}/a/mnt",
+                "{d}/a",
+                "{d}/b",
+                "volumes[0].backend.path",
+                "contains the mount point",
+            ),
+            (
+                "{d}/mnt",
+                "{d}/mnt/a",
+                "{d}/b",
+                "volumes[0].backend.path",
+                "inside the mount point",
+            ),
+            (
+                "{d}/mnt",
+                "{d}/a",
+                "{d}/a/",
+                "volumes[1].backend.path",
+                "same directory",
+            ),
+            (
+                "{d}/mnt",
+                "{d}/a",
+                "{d}/x/../a",
+                "volumes[1].backend.path",
+                "same directory",
+            ),
+        ];
+        for (mnt, a, b, key, says) in cases {
+            std::fs::create_dir_all(tmp.path().join("x")).unwrap();
+            let body = format!(
+                "[mount]\npath = \"{mnt}\"\ncreate_missing = true\n\n\
+                 [[volumes]]\nname = \"a\"\nbackend = {{ kind = \"dir\", path = \"{a}\" }}\n\n\
+                 [[volumes]]\nname = \"b\"\nbackend = {{ kind = \"dir\", path = \"{b}\" }}\n"
+            )
+            .replace("{d}", &d);
+            let file = write(tmp.path(), &body);
+            let e = load_and_prepare(&file, &Overrides::default()).unwrap_err();
+            assert_eq!(e.key, key, "{mnt} {a} {b}: {e}");
+            assert!(e.to_string().contains(says), "{e}");
+            assert!(e.to_string().contains("cfg.toml"), "names the file: {e}");
+        }
+        // A volume beside the mount point is fine.
+        let file = write(tmp.path(), &good(tmp.path()));
+        load_and_prepare(&file, &Overrides::default()).unwrap();
     }
 
     #[test]

@@ -299,7 +299,12 @@ impl Controller {
         let generation = old.generation() + 1;
         // Backend identities of the old volume mean nothing on the new one, and names that were
         // hard links there must be looked up again.
-        self.vfs.inodes().begin_generation(generation);
+        let root = volume
+            .backend
+            .stat(std::path::Path::new(""))
+            .ok()
+            .map(|a| a.id);
+        self.vfs.inodes().begin_generation(generation, root);
         let detached = self.vfs.inodes().detach_extra_links();
         self.router
             .publish(Route::serving(generation, volume.clone()));

@@ -157,6 +157,8 @@ pub struct Listed {
     pub name: OsString,
     /// Entry type.
     pub kind: FileKind,
+    /// The backend's inode number of the entry (0 when unknown).
+    pub ino: u64,
 }
 
 /// An open directory: a listing taken at the first `readdir` from offset 0 and served from

@@ -4,18 +4,32 @@
 //! a place (parent inode + name), so the same path keeps the same number when the route switches
 //! to another volume whose own inode numbers mean nothing to us.
 //!
+//! What an inode number means: **one file**, not one name. The volume is shared, so other
+//! clients rename, delete and re-create files under us at any time; every lookup compares the
+//! backend's identity of what the name holds now ([`FileId`]: device, inode, birth time) with what
+//! the name's node holds, and a different file gets a different number.
+//!
 //! Invariants:
-//! - Inode numbers are never reused within a process (a 64-bit counter), so the generation number
-//!   the kernel sees is always 0.
-//! - A node stays in the table while the kernel holds lookups on it (`nlookup > 0`), or while a
-//!   child is still mapped beneath it; `forget` brings the count down and frees the node, so a walk
-//!   over a million files costs memory only while the kernel caches them.
+//! - A number stands for one file while the kernel may hold it: a node is freed only when the
+//!   kernel forgot every lookup of it (`nlookup == 0`) and no child is mapped beneath it, and only
+//!   then can its number be handed out again.
+//! - A new node takes the file's backend inode number when that number is free and the file
+//!   lives on the volume root's device, so `st_ino` of an unchanged file survives the kernel
+//!   forgetting it (tar, `rsync -H`, `find -inum` and git's index rely on that) and `d_ino` in a
+//!   listing equals `st_ino`. Otherwise (a collision with a number the kernel still holds, another
+//!   device, or no known root) it gets a number of our own, `>= OWN_BASE`, from a counter that
+//!   never repeats. The generation the kernel sees is always 0.
+//! - A node stays in the table while the kernel holds lookups on it, or while a child is still
+//!   mapped beneath it; `forget` brings the count down and frees the node, so a walk over a
+//!   million files costs memory only while the kernel caches them.
 //! - Every name mapped in a directory's `children` refers to a node that exists, and that node
 //!   lists the name among its places. Rename, unlink and link keep both sides in step.
-//! - A node may have several places (hard links). Nodes whose last place was unlinked are
-//!   *detached*: still valid for open handles and until `forget`, but they have no path.
-//! - Hard links are recognised by the backend's file identity, remembered per route generation
-//!   only: a new generation starts with an empty identity index.
+//! - A node may have several places (hard links, joined only when the file has several links).
+//!   Nodes whose last place was unlinked are *detached*: still valid for open handles and until
+//!   `forget`, but they have no path.
+//! - Identities are remembered per route generation only: a new generation (a switch to another
+//!   volume) starts with an empty identity index, and a node looked up under an older generation
+//!   keeps its number when its name is found again on the new volume.
 //! - No global lock: nodes live in shards by inode number, and an operation that spans nodes
 //!   locks their shards in ascending shard order, then re-checks what it read before locking.
 
@@ -35,6 +49,9 @@ use crate::error::{Error, Result};
 pub const ROOT: u64 = 1;
 
 const SHARDS: usize = 64;
+/// Inode numbers from here up are handed out by our own counter (never reused); below it, a
+/// file's number is its backend inode number when that is free.
+pub const OWN_BASE: u64 = 1 << 32;
 /// Deepest path we are willing to build; deeper means the table is corrupt.
 const MAX_DEPTH: usize = 4096;
 
@@ -92,6 +109,8 @@ pub struct InodeTable {
     /// Backend identity → inode, for the current generation: how hard links are recognised.
     ids: Box<[Mutex<HashMap<FileId, u64>>]>,
     id_generation: AtomicU64,
+    /// The current volume's root, whose device the derived numbers belong to.
+    root: Mutex<Option<FileId>>,
 }
 
 /// Shard guards held together, in ascending shard order.
@@ -146,10 +165,11 @@ impl InodeTable {
         );
         InodeTable {
             shards,
-            next: AtomicU64::new(ROOT + 1),
+            next: AtomicU64::new(OWN_BASE),
             nodes: AtomicUsize::new(1),
             ids: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             id_generation: AtomicU64::new(0),
+            root: Mutex::new(None),
         }
     }
 
@@ -215,6 +235,67 @@ impl InodeTable {
         Ok(PathBuf::from(path))
     }
 
+    /// The backend identity `ino` was last seen with, and the generation it was seen under.
+    pub fn identity(&self, ino: u64) -> Option<(u64, FileId)> {
+        self.shards[shard_of(ino)]
+            .lock()
+            .get(&ino)
+            .and_then(|n| n.id)
+    }
+
+    /// The place `ino`'s path is built from (its first name) no longer holds it: drop that name,
+    /// so the path continues with the next name (another hard link), or the node is detached.
+    /// The kernel's entry for the name is left to its own revalidation.
+    pub fn drop_first_place(&self, ino: u64) {
+        let Some((parent, name)) = self.shards[shard_of(ino)]
+            .lock()
+            .get(&ino)
+            .and_then(|n| n.places.first().cloned())
+        else {
+            return;
+        };
+        let mut l = self.lock(&[parent, ino]);
+        if l.child(parent, &name) == Some(ino)
+            && let Some(p) = l.node(parent)
+        {
+            p.children.remove(&*name);
+        }
+        if let Some(n) = l.node(ino) {
+            n.remove_place(parent, &name);
+        }
+        drop(l);
+        self.remove_if_unreferenced(parent);
+    }
+
+    /// Number of names `ino` is known under.
+    pub fn places(&self, ino: u64) -> usize {
+        self.shards[shard_of(ino)]
+            .lock()
+            .get(&ino)
+            .map_or(0, |n| n.places.len())
+    }
+
+    /// The inode number a directory entry with backend inode `backend_ino` would get, for `d_ino`
+    /// in plain listings: the known node when the name is mapped, the derived number when it is
+    /// free, and `fallback` otherwise.
+    pub fn listing_ino(&self, parent: u64, name: &OsStr, backend_ino: u64, fallback: u64) -> u64 {
+        if let Some(known) = self.peek(parent, name) {
+            return known;
+        }
+        let Some(root) = *self.root.lock() else {
+            return fallback;
+        };
+        let id = FileId {
+            dev: root.dev,
+            ino: backend_ino,
+            birth: 0,
+        };
+        match self.candidate(&id) {
+            Some(n) if !self.shards[shard_of(n)].lock().contains_key(&n) => n,
+            _ => fallback,
+        }
+    }
+
     /// The parent of a directory, for `..` in listings (the root is its own parent).
     pub fn parent(&self, ino: u64) -> u64 {
         if ino == ROOT {
@@ -235,14 +316,25 @@ impl InodeTable {
             .and_then(|p| p.children.get(name).copied())
     }
 
-    /// Record a kernel lookup of `parent/name`, found on the backend with `kind` and `id` under
-    /// route generation `generation`; returns its inode number (existing or new).
+    /// Record a kernel lookup of `parent/name`, found on the backend with `kind`, `id` and
+    /// `nlink` under route generation `generation`; returns its inode number (existing or new).
+    ///
+    /// Identity, not the name, decides the number:
+    /// - the name's node is kept when it holds the same file (same backend identity), or when it
+    ///   was looked up under an earlier generation (a switch: held numbers keep their meaning);
+    /// - a name that now holds another file is taken from its old node (which lives on for the
+    ///   kernel until forgotten, detached) and mapped to the file's own node;
+    /// - a file already known under another name joins that node: as one more name when it has
+    ///   several links, or moved there when it has one (renamed behind our back);
+    /// - otherwise a new node, numbered after the file's own inode number when that number is
+    ///   free (see [`InodeTable::begin_generation`]).
     pub fn lookup(
         &self,
         parent: u64,
         name: &OsStr,
         kind: FileKind,
         id: FileId,
+        nlink: u32,
         generation: u64,
     ) -> Result<u64> {
         loop {
@@ -251,87 +343,128 @@ impl InodeTable {
                 let p = shard.get(&parent).ok_or(Error::posix(libc::ENOENT))?;
                 p.children.get(name).copied()
             };
-            match existing {
-                Some(child) => {
-                    let mut l = self.lock(&[parent, child]);
-                    if l.child(parent, name) != Some(child) {
-                        continue;
-                    }
-                    let Some(node) = l.node(child) else {
-                        // A mapping to a missing node breaks an invariant; repair and retry.
-                        tracing::error!(parent, ?name, child, "inode table: dangling name");
-                        if let Some(p) = l.node(parent) {
-                            p.children.remove(name);
-                        }
-                        continue;
-                    };
-                    if node.kind == kind {
-                        node.nlookup += 1;
-                        node.id = Some((generation, id));
-                        drop(l);
-                        self.remember_id(child, kind, id, generation);
-                        return Ok(child);
-                    }
-                    // The name now holds a different type of file: the old node keeps living for
-                    // the kernel until it forgets it, the name gets a new node.
-                    node.remove_place(parent, name);
+            if let Some(child) = existing {
+                let mut l = self.lock(&[parent, child]);
+                if l.child(parent, name) != Some(child) {
+                    continue;
+                }
+                let Some(node) = l.node(child) else {
+                    // A mapping to a missing node breaks an invariant; repair and retry.
+                    tracing::error!(parent, ?name, child, "inode table: dangling name");
                     if let Some(p) = l.node(parent) {
                         p.children.remove(name);
                     }
+                    continue;
+                };
+                let same = match node.id {
+                    Some((g, known)) => known == id || g < generation,
+                    None => true,
+                };
+                if node.kind == kind && same {
+                    node.nlookup += 1;
+                    let old = node.id.replace((generation, id));
                     drop(l);
-                    self.remove_if_unreferenced(child);
-                }
-                None => {
-                    if let Some(ino) = self.link_existing(parent, name, kind, id, generation)? {
-                        return Ok(ino);
+                    if old != Some((generation, id)) {
+                        self.remember_id(child, id, generation);
                     }
-                    let ino = self.next.fetch_add(1, Ordering::Relaxed);
-                    let mut l = self.lock(&[parent, ino]);
-                    let Some(p) = l.node(parent) else {
-                        return Err(Error::posix(libc::ENOENT));
-                    };
-                    if p.children.contains_key(name) {
-                        continue;
-                    }
-                    let name: Name = Arc::from(name);
-                    p.children.insert(name.clone(), ino);
-                    let mut places = SmallVec::new();
-                    places.push((parent, name));
-                    l.shard(ino).insert(
-                        ino,
-                        Node {
-                            kind,
-                            nlookup: 1,
-                            places,
-                            children: HashMap::new(),
-                            id: Some((generation, id)),
-                        },
-                    );
-                    drop(l);
-                    self.nodes.fetch_add(1, Ordering::Relaxed);
-                    self.remember_id(ino, kind, id, generation);
-                    return Ok(ino);
+                    return Ok(child);
                 }
+                // The name now holds another file: the old node keeps living for the kernel
+                // until it forgets it (detached if this was its only name).
+                node.remove_place(parent, name);
+                if let Some(p) = l.node(parent) {
+                    p.children.remove(name);
+                }
+                drop(l);
+                self.remove_if_unreferenced(child);
+                continue;
             }
+            if let Some(ino) = self.join_known(parent, name, kind, id, nlink, generation)? {
+                return Ok(ino);
+            }
+            let candidate = self.candidate(&id);
+            let mut ino = candidate.unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed));
+            let mut l = loop {
+                let mut l = self.lock(&[parent, ino]);
+                if !l.shard(ino).contains_key(&ino) {
+                    break l;
+                }
+                // Taken by a file the kernel still holds: a number of our own.
+                drop(l);
+                ino = self.next.fetch_add(1, Ordering::Relaxed);
+            };
+            let Some(p) = l.node(parent) else {
+                return Err(Error::posix(libc::ENOENT));
+            };
+            if p.children.contains_key(name) {
+                continue;
+            }
+            let name: Name = Arc::from(name);
+            p.children.insert(name.clone(), ino);
+            let mut places = SmallVec::new();
+            places.push((parent, name));
+            l.shard(ino).insert(
+                ino,
+                Node {
+                    kind,
+                    nlookup: 1,
+                    places,
+                    children: HashMap::new(),
+                    id: Some((generation, id)),
+                },
+            );
+            drop(l);
+            self.nodes.fetch_add(1, Ordering::Relaxed);
+            self.remember_id(ino, id, generation);
+            return Ok(ino);
         }
     }
 
-    /// If `id` is a file we already know under another name, give it this name too.
-    fn link_existing(
+    /// The inode number a new node for `id` should get: the backend's own inode number, so that
+    /// `st_ino` of a file stays the same when the kernel forgets and looks it up again. `None`
+    /// for files on another device than the volume root (a filesystem mounted inside the
+    /// volume), for the root's own number and for numbers in our own range.
+    fn candidate(&self, id: &FileId) -> Option<u64> {
+        let root = *self.root.lock();
+        let root = root?;
+        (id.dev == root.dev && id.ino != root.ino && id.ino > ROOT && id.ino < OWN_BASE)
+            .then_some(id.ino)
+    }
+
+    /// If `id` is a file already known under another name, map `parent/name` to that node: as
+    /// one more name when the file has several links, or instead of its old name when it has
+    /// one (it was renamed by someone else).
+    fn join_known(
         &self,
         parent: u64,
         name: &OsStr,
         kind: FileKind,
         id: FileId,
+        nlink: u32,
         generation: u64,
     ) -> Result<Option<u64>> {
-        if kind == FileKind::Dir || self.id_generation.load(Ordering::Acquire) != generation {
+        if self.id_generation.load(Ordering::Acquire) != generation {
             return Ok(None);
         }
         let Some(other) = self.ids_of(&id).lock().get(&id).copied() else {
             return Ok(None);
         };
-        let mut l = self.lock(&[parent, other]);
+        let old_places: SmallVec<[(u64, Name); 1]> = {
+            let shard = self.shards[shard_of(other)].lock();
+            match shard.get(&other) {
+                Some(n) if n.kind == kind && n.id == Some((generation, id)) => n.places.clone(),
+                _ => return Ok(None),
+            }
+        };
+        // A directory or a file with one link lives in one place only: its old name is gone.
+        let moved = kind == FileKind::Dir || nlink <= 1;
+        let mut inos: SmallVec<[u64; 4]> = SmallVec::new();
+        inos.push(parent);
+        inos.push(other);
+        if moved {
+            inos.extend(old_places.iter().map(|p| p.0));
+        }
+        let mut l = self.lock(&inos);
         if l.node(parent).is_none() {
             return Err(Error::posix(libc::ENOENT));
         }
@@ -339,21 +472,45 @@ impl InodeTable {
             return Ok(None);
         }
         match l.node(other) {
-            Some(n) if n.kind == kind && n.id == Some((generation, id)) => {
-                let name: Name = Arc::from(name);
-                n.nlookup += 1;
-                n.places.push((parent, name.clone()));
-                if let Some(p) = l.node(parent) {
-                    p.children.insert(name, other);
-                }
-                Ok(Some(other))
-            }
-            _ => Ok(None),
+            Some(n) if n.id == Some((generation, id)) && (!moved || n.places == old_places) => {}
+            // Changed while we were not holding the locks: start over.
+            _ => return Ok(None),
         }
+        if moved {
+            for (p, n) in &old_places {
+                if *p == parent && **n == *name {
+                    continue;
+                }
+                if let Some(pn) = l.node(*p)
+                    && pn.children.get(&**n) == Some(&other)
+                {
+                    pn.children.remove(&**n);
+                }
+            }
+        }
+        let name: Name = Arc::from(name);
+        if let Some(n) = l.node(other) {
+            if moved {
+                n.places.clear();
+            }
+            n.nlookup += 1;
+            n.places.push((parent, name.clone()));
+        }
+        if let Some(p) = l.node(parent) {
+            p.children.insert(name, other);
+        }
+        drop(l);
+        if moved {
+            // Old parents may have been kept only for this child.
+            for (p, _) in &old_places {
+                self.remove_if_unreferenced(*p);
+            }
+        }
+        Ok(Some(other))
     }
 
-    fn remember_id(&self, ino: u64, kind: FileKind, id: FileId, generation: u64) {
-        if kind != FileKind::Dir && self.id_generation.load(Ordering::Acquire) == generation {
+    fn remember_id(&self, ino: u64, id: FileId, generation: u64) {
+        if self.id_generation.load(Ordering::Acquire) == generation {
             self.ids_of(&id).lock().insert(id, ino);
         }
     }
@@ -367,8 +524,11 @@ impl InodeTable {
         }
     }
 
-    /// Start a new route generation: backend identities seen before mean nothing any more.
-    pub fn begin_generation(&self, generation: u64) {
+    /// Start a new route generation on a volume whose root has identity `root` (`None` when
+    /// unknown: every new node then gets a number of our own): backend identities seen before
+    /// mean nothing any more.
+    pub fn begin_generation(&self, generation: u64, root: Option<FileId>) {
+        *self.root.lock() = root;
         self.id_generation.store(generation, Ordering::Release);
         for shard in self.ids.iter() {
             shard.lock().clear();
@@ -592,12 +752,28 @@ mod tests {
     use super::*;
 
     fn id(ino: u64) -> FileId {
-        FileId { dev: 1, ino }
+        FileId {
+            dev: 1,
+            ino,
+            birth: 7,
+        }
     }
 
     fn lookup(t: &InodeTable, parent: u64, name: &str, kind: FileKind, fid: u64) -> u64 {
-        t.lookup(parent, OsStr::new(name), kind, id(fid), 0)
+        t.lookup(parent, OsStr::new(name), kind, id(fid), 1, 0)
             .unwrap()
+    }
+
+    fn link(t: &InodeTable, parent: u64, name: &str, fid: u64, generation: u64) -> u64 {
+        t.lookup(
+            parent,
+            OsStr::new(name),
+            FileKind::File,
+            id(fid),
+            2,
+            generation,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -665,42 +841,32 @@ mod tests {
     #[test]
     fn hard_links_share_an_inode() {
         let t = InodeTable::new();
-        let a = lookup(&t, ROOT, "a", FileKind::File, 10);
-        let b = lookup(&t, ROOT, "b", FileKind::File, 10);
+        let a = link(&t, ROOT, "a", 10, 0);
+        let b = link(&t, ROOT, "b", 10, 0);
         assert_eq!(a, b);
         t.unlink(ROOT, OsStr::new("a"));
         assert_eq!(t.path(a).unwrap(), PathBuf::from("b"));
         // A new generation forgets identities: the same backend id is a new file now.
-        t.begin_generation(1);
-        let c = t
-            .lookup(ROOT, OsStr::new("c"), FileKind::File, id(10), 1)
-            .unwrap();
+        t.begin_generation(1, None);
+        let c = link(&t, ROOT, "c", 10, 1);
         assert_ne!(c, a);
     }
 
     #[test]
     fn extra_links_are_detached_before_a_switch() {
         let t = InodeTable::new();
-        let a = lookup(&t, ROOT, "a", FileKind::File, 10);
-        assert_eq!(lookup(&t, ROOT, "b", FileKind::File, 10), a);
+        let a = link(&t, ROOT, "a", 10, 0);
+        assert_eq!(link(&t, ROOT, "b", 10, 0), a);
         assert_eq!(t.detach_extra_links(), vec![(ROOT, OsString::from("b"))]);
         assert_eq!(t.path(a).unwrap(), PathBuf::from("a"));
         assert_eq!(t.peek(ROOT, OsStr::new("b")), None);
         // On the new generation, a separate `b` gets its own inode...
-        t.begin_generation(1);
-        let b = t
-            .lookup(ROOT, OsStr::new("b"), FileKind::File, id(20), 1)
-            .unwrap();
+        t.begin_generation(1, None);
+        let b = link(&t, ROOT, "b", 20, 1);
         assert_ne!(a, b);
         // ...and names that are links there too are joined again.
-        let a2 = t
-            .lookup(ROOT, OsStr::new("a"), FileKind::File, id(30), 1)
-            .unwrap();
-        assert_eq!(a2, a);
-        let c = t
-            .lookup(ROOT, OsStr::new("c"), FileKind::File, id(30), 1)
-            .unwrap();
-        assert_eq!(c, a);
+        assert_eq!(link(&t, ROOT, "a", 30, 1), a);
+        assert_eq!(link(&t, ROOT, "c", 30, 1), a);
     }
 
     #[test]
@@ -744,6 +910,7 @@ mod tests {
                                 OsStr::new(&name),
                                 FileKind::File,
                                 id(round % 50 + d * 100),
+                                1,
                                 0,
                             )
                             .unwrap();
@@ -763,5 +930,106 @@ mod tests {
             t.forget(d, 1);
         }
         assert_eq!(t.stats().nodes, 1, "everything forgotten is freed");
+    }
+
+    #[test]
+    fn a_reused_backend_inode_is_another_file() {
+        let t = InodeTable::new();
+        let p = lookup(&t, ROOT, "p", FileKind::File, 10);
+        // `p` is removed on the volume and its inode number goes to `newfile2`, born later.
+        let reborn = FileId { birth: 8, ..id(10) };
+        let n = t
+            .lookup(ROOT, OsStr::new("newfile2"), FileKind::File, reborn, 1, 0)
+            .unwrap();
+        assert_ne!(n, p);
+        assert_eq!(t.path(n).unwrap(), PathBuf::from("newfile2"));
+        // `p` now names a third file: a new node; the old one is detached, still held.
+        let p2 = lookup(&t, ROOT, "p", FileKind::File, 11);
+        assert_ne!(p2, p);
+        assert!(t.path(p).is_err());
+        assert_eq!(t.stats().nodes, 4);
+        t.forget(p, 1);
+        assert_eq!(t.stats().nodes, 3);
+    }
+
+    #[test]
+    fn a_file_renamed_by_someone_else_keeps_its_inode() {
+        let t = InodeTable::new();
+        let a = lookup(&t, ROOT, "a", FileKind::Dir, 5);
+        let b = lookup(&t, ROOT, "b", FileKind::Dir, 6);
+        let f = lookup(&t, a, "f", FileKind::File, 10);
+        // Renamed a/f -> b/f on the volume: one link, so the node moves with its name.
+        assert_eq!(lookup(&t, b, "f", FileKind::File, 10), f);
+        assert_eq!(t.path(f).unwrap(), PathBuf::from("b/f"));
+        assert_eq!(t.peek(a, OsStr::new("f")), None);
+        // ...and back.
+        assert_eq!(lookup(&t, a, "f", FileKind::File, 10), f);
+        assert_eq!(t.path(f).unwrap(), PathBuf::from("a/f"));
+        assert_eq!(t.places(f), 1);
+        // A directory moved by someone else takes its children along.
+        assert_eq!(lookup(&t, b, "moved", FileKind::Dir, 5), a);
+        assert_eq!(t.path(f).unwrap(), PathBuf::from("b/moved/f"));
+    }
+
+    #[test]
+    fn numbers_follow_the_backend_and_survive_forget() {
+        let t = InodeTable::new();
+        let root = FileId {
+            dev: 1,
+            ino: 2,
+            birth: 1,
+        };
+        t.begin_generation(0, Some(root));
+        let f = lookup(&t, ROOT, "f", FileKind::File, 1234);
+        assert_eq!(f, 1234);
+        assert_eq!(t.listing_ino(ROOT, OsStr::new("f"), 1234, 0), 1234);
+        assert_eq!(t.listing_ino(ROOT, OsStr::new("g"), 99, 0), 99);
+        t.forget(f, 1);
+        assert_eq!(t.stats().nodes, 1);
+        assert_eq!(lookup(&t, ROOT, "f", FileKind::File, 1234), 1234);
+        // The number is held for `f`; another file with that backend number (another birth)
+        // gets one of our own, never the held one.
+        t.unlink(ROOT, OsStr::new("f"));
+        let other = t
+            .lookup(
+                ROOT,
+                OsStr::new("g"),
+                FileKind::File,
+                FileId {
+                    birth: 9,
+                    ..id(1234)
+                },
+                1,
+                0,
+            )
+            .unwrap();
+        assert!(other >= OWN_BASE, "{other}");
+        // Another device, or the root's own number: ours too.
+        let sub = t
+            .lookup(
+                ROOT,
+                OsStr::new("m"),
+                FileKind::Dir,
+                FileId {
+                    dev: 2,
+                    ino: 55,
+                    birth: 1,
+                },
+                1,
+                0,
+            )
+            .unwrap();
+        assert!(sub >= OWN_BASE);
+        let r = t
+            .lookup(
+                ROOT,
+                OsStr::new("r"),
+                FileKind::Dir,
+                FileId { ino: 2, ..root },
+                1,
+                0,
+            )
+            .unwrap();
+        assert!(r >= OWN_BASE);
     }
 }

@@ -14,13 +14,14 @@
 //! - The inode table changes only after the backend agreed (a failed rename leaves it alone).
 
 use std::ffi::OsStr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::{Attr, Caller, FileKind, OpenFile, SetAttr, StatFs};
 use crate::error::{Error, Kind, Result};
 use crate::handles::{Epoch, Handle, HandleTable, Listed, Reopen};
-use crate::inode::InodeTable;
+use crate::inode::{InodeTable, ROOT};
 use crate::routing::{Router, Ticket, Volume};
 
 /// A file as the kernel sees it: our inode number and the backend's attributes.
@@ -86,9 +87,15 @@ pub struct Vfs {
 impl Vfs {
     /// A logical volume routed by `router`.
     pub fn new(router: Arc<Router>, opts: VfsOptions) -> Vfs {
-        let generation = router.current().generation();
+        let route = router.current();
         let inodes = InodeTable::new();
-        inodes.begin_generation(generation);
+        let root = route
+            .volume()
+            .backend
+            .stat(Path::new(""))
+            .ok()
+            .map(|a| a.id);
+        inodes.begin_generation(route.generation(), root);
         Vfs {
             router,
             inodes,
@@ -165,10 +172,48 @@ impl Vfs {
     }
 
     fn entry(&self, t: &Ticket, parent: u64, name: &OsStr, attr: Attr) -> Result<Entry> {
-        let ino = self
-            .inodes
-            .lookup(parent, name, attr.kind, attr.id, t.generation())?;
+        let ino =
+            self.inodes
+                .lookup(parent, name, attr.kind, attr.id, attr.nlink, t.generation())?;
         Ok(Entry { ino, attr })
+    }
+
+    /// Whether `attr`, found at one of `ino`'s names on ticket `t`'s volume, is the file `ino`
+    /// stands for. A node last seen under an earlier generation accepts what the new volume has.
+    fn is_same_file(&self, t: &Ticket, ino: u64, attr: &Attr) -> bool {
+        match self.inodes.identity(ino) {
+            Some((generation, id)) => generation != t.generation() || id == attr.id,
+            None => true,
+        }
+    }
+
+    /// The path of `ino` on ticket `t`'s volume, checked: `check` runs on it and returns the
+    /// attributes of what it reached. When the name no longer holds the file (gone, or another
+    /// file took it) the next name of the file is tried (hard links); with none left, `ESTALE`.
+    /// The kernel answers `ESTALE` from a path-based call (open, stat, chmod, ...) by looking the
+    /// name up again, bypassing its caches: the application then gets the file the name holds
+    /// now, or `ENOENT`, never the wrong file and never a stale `ENOENT` for a file that was
+    /// renamed by another client and is back.
+    fn checked<T>(
+        &self,
+        t: &Ticket,
+        ino: u64,
+        mut check: impl FnMut(&Path) -> Result<(T, Attr)>,
+    ) -> Result<(T, Attr)> {
+        loop {
+            let path = self.inodes.path(ino)?;
+            match check(&path) {
+                Ok((v, attr)) if self.is_same_file(t, ino, &attr) => return Ok((v, attr)),
+                Ok(_) => {}
+                Err(e) if e.errno() == libc::ENOENT && ino != ROOT => {}
+                Err(e) => return Err(e),
+            }
+            if self.inodes.places(ino) > 1 {
+                self.inodes.drop_first_place(ino);
+                continue;
+            }
+            return Err(Error::posix(libc::ESTALE));
+        }
     }
 
     /// The backend file of handle `fh` for an operation on ticket `t`, re-opened on the current
@@ -213,9 +258,11 @@ impl Vfs {
                     Err(_) => {}
                 }
             }
-            match self.inodes.path(ino) {
-                Ok(path) => t.volume().backend.stat(&path),
-                // Unlinked but still open: ask an open file of this volume.
+            let backend = &t.volume().backend;
+            match self.checked(t, ino, |path| backend.stat(path).map(|a| ((), a))) {
+                Ok(((), attr)) => Ok(attr),
+                // Unlinked, or its name taken by another file, but still open: ask an open file
+                // of this volume.
                 Err(e) => match self
                     .handles
                     .any_file_of(ino, epoch(t), self.opts.stale_errno)
@@ -237,8 +284,11 @@ impl Vfs {
             if let Some(fh) = fh {
                 return self.file_of(t, fh)?.setattr(set);
             }
-            match self.inodes.path(ino) {
-                Ok(path) => t.volume().backend.setattr(&path, set),
+            let backend = &t.volume().backend;
+            match self.checked(t, ino, |path| {
+                backend.stat(path).map(|a| (path.to_path_buf(), a))
+            }) {
+                Ok((path, _)) => backend.setattr(&path, set),
                 Err(e) => match self
                     .handles
                     .any_file_of(ino, epoch(t), self.opts.stale_errno)
@@ -356,8 +406,12 @@ impl Vfs {
             self.writable()?;
         }
         self.run(Retry::Never, |t| {
-            let path = self.inodes.path(ino)?;
-            let file = t.volume().backend.open(&path, flags)?;
+            let backend = &t.volume().backend;
+            let (file, _) = self.checked(t, ino, |path| {
+                let file = backend.open(path, flags)?;
+                let attr = file.stat()?;
+                Ok((file, attr))
+            })?;
             Ok(self.handles.open_file(ino, flags, epoch(t), file))
         })
     }
@@ -480,10 +534,12 @@ impl Vfs {
                 out.push(Listed {
                     name: ".".into(),
                     kind: FileKind::Dir,
+                    ino: 0,
                 });
                 out.push(Listed {
                     name: "..".into(),
                     kind: FileKind::Dir,
+                    ino: 0,
                 });
                 out.extend(
                     t.volume()
@@ -493,6 +549,7 @@ impl Vfs {
                         .map(|e| Listed {
                             name: e.name,
                             kind: e.kind,
+                            ino: e.ino,
                         }),
                 );
                 Ok(out)
@@ -561,7 +618,8 @@ impl Vfs {
                 }
                 (None, Some(fixed)) => (fixed, item.kind, None),
                 (None, None) => (
-                    self.inodes.peek(ino, &item.name).unwrap_or(UNKNOWN_INO),
+                    self.inodes
+                        .listing_ino(ino, &item.name, item.ino, UNKNOWN_INO),
                     item.kind,
                     None,
                 ),

@@ -266,6 +266,23 @@ fn kill_9_leaves_no_dead_mount() {
 }
 
 #[test]
+fn a_second_mount_on_a_served_mount_point_is_refused() {
+    let first = BinMount::start(Layout::new(1, "", ""), &[]);
+    let out = bin()
+        .arg("mount")
+        .arg("--config")
+        .arg(&first.layout.config)
+        .output()
+        .expect("run a second failoverfs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already mounted"), "{stderr}");
+    // The first mount is untouched and still serves.
+    std::fs::write(first.layout.mnt.join("f"), b"x").unwrap();
+    assert_eq!(std::fs::read(first.layout.vols[0].join("f")).unwrap(), b"x");
+}
+
+#[test]
 fn unmounted_from_outside_exits_0() {
     let mut m = BinMount::start(Layout::new(1, "", ""), &[]);
     nix::mount::umount2(&m.layout.mnt, nix::mount::MntFlags::empty()).unwrap();

@@ -26,6 +26,7 @@ use nix::sys::stat::{Mode, SFlag, fstat, fstatat, mkdirat, mknodat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchownat, linkat, symlinkat, unlinkat};
 
+use super::identity::{self, as_caller};
 use super::{
     Attr, Backend, Caller, DirEntry, FileId, FileKind, OpenFile, SetAttr, SetTime, StatFs,
 };
@@ -137,6 +138,10 @@ impl DirBackend {
     /// Give a newly created entry to the caller, as a local filesystem would. New entries in a
     /// set-group-ID directory keep the directory's group (the backend already applied that).
     fn chown_new(&self, dir: &DirFd<'_>, name: &OsStr, who: Caller) -> Result<()> {
+        if identity::switches_for(who) {
+            // Created as the caller: already the caller's.
+            return Ok(());
+        }
         let parent_setgid = fstat(dir.as_fd())?.st_mode & libc::S_ISGID != 0;
         let me = (
             nix::unistd::geteuid().as_raw(),
@@ -163,11 +168,7 @@ impl DirBackend {
     }
 
     fn stat_at(&self, dir: &DirFd<'_>, name: &OsStr) -> Result<Attr> {
-        Ok(attr_from_stat(&fstatat(
-            dir.as_fd(),
-            name,
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )?))
+        statx_attr(dir.as_fd(), name)
     }
 }
 
@@ -178,7 +179,7 @@ impl Backend for DirBackend {
 
     fn stat(&self, path: &Path) -> Result<Attr> {
         if path.as_os_str().is_empty() {
-            return Ok(attr_from_stat(&fstat(self.root.as_fd())?));
+            return statx_attr(self.root.as_fd(), OsStr::new(""));
         }
         let (parent, name) = Self::split(path)?;
         let dir = self.dir(parent)?;
@@ -207,7 +208,7 @@ impl Backend for DirBackend {
             }
             apply_owner_mode_times(target.as_fd(), proc, set)
         })?;
-        Ok(attr_from_stat(&fstat(target.as_fd())?))
+        statx_attr(target.as_fd(), OsStr::new(""))
     }
 
     fn readlink(&self, path: &Path) -> Result<Vec<u8>> {
@@ -227,7 +228,9 @@ impl Backend for DirBackend {
         let dir = self.dir(parent)?;
         let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
         let perm = Mode::from_bits_truncate(mode & 0o7777);
-        mknodat(dir.as_fd(), name, kind, perm, rdev as libc::dev_t)?;
+        as_caller(who, || {
+            Ok(mknodat(dir.as_fd(), name, kind, perm, rdev as libc::dev_t)?)
+        })?;
         self.chown_new(&dir, name, who)?;
         self.stat_at(&dir, name)
     }
@@ -235,7 +238,8 @@ impl Backend for DirBackend {
     fn mkdir(&self, parent: &Path, name: &OsStr, mode: u32, who: Caller) -> Result<Attr> {
         check_name(name)?;
         let dir = self.dir(parent)?;
-        mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(mode & 0o7777))?;
+        let perm = Mode::from_bits_truncate(mode & 0o7777);
+        as_caller(who, || Ok(mkdirat(dir.as_fd(), name, perm)?))?;
         self.chown_new(&dir, name, who)?;
         self.stat_at(&dir, name)
     }
@@ -263,7 +267,7 @@ impl Backend for DirBackend {
     fn symlink(&self, parent: &Path, name: &OsStr, target: &OsStr, who: Caller) -> Result<Attr> {
         check_name(name)?;
         let dir = self.dir(parent)?;
-        symlinkat(target, dir.as_fd(), name)?;
+        as_caller(who, || Ok(symlinkat(target, dir.as_fd(), name)?))?;
         self.chown_new(&dir, name, who)?;
         self.stat_at(&dir, name)
     }
@@ -316,18 +320,22 @@ impl Backend for DirBackend {
         let base = backend_open_flags(flags) | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         let perm = Mode::from_bits_truncate(mode & 0o7777);
         let exclusive = OFlag::from_bits_truncate(base | libc::O_CREAT | libc::O_EXCL);
-        let fd = match nix::fcntl::openat(dir.as_fd(), name, exclusive, perm) {
-            Ok(fd) => {
-                self.chown_new(&dir, name, who)?;
-                fd
+        // As the caller: the volume checks the caller's rights, on the new file and on an
+        // existing one alike, and the new file is the caller's from the start.
+        let (fd, created) = as_caller(who, || {
+            match nix::fcntl::openat(dir.as_fd(), name, exclusive, perm) {
+                Ok(fd) => Ok((fd, true)),
+                // The entry appeared (or was never visible to the kernel's cache): open what is
+                // there, unless the caller asked for exclusive creation.
+                Err(nix::errno::Errno::EEXIST) if flags & libc::O_EXCL == 0 => {
+                    Ok((self.open_regular(&parent.join(name), flags)?, false))
+                }
+                Err(e) => Err(e.into()),
             }
-            // The entry appeared (or was never visible to the kernel's cache): open what is there,
-            // unless the caller asked for exclusive creation.
-            Err(nix::errno::Errno::EEXIST) if flags & libc::O_EXCL == 0 => {
-                self.open_regular(&parent.join(name), flags)?
-            }
-            Err(e) => return Err(e.into()),
-        };
+        })?;
+        if created {
+            self.chown_new(&dir, name, who)?;
+        }
         let file = DirFile::new(fd);
         let attr = file.stat()?;
         Ok((Arc::new(file), attr))
@@ -362,6 +370,7 @@ impl Backend for DirBackend {
             out.push(DirEntry {
                 name: OsStr::from_bytes(bytes).to_os_string(),
                 kind,
+                ino: entry.ino(),
             });
         }
         Ok(out)
@@ -505,7 +514,7 @@ impl OpenFile for DirFile {
     }
 
     fn stat(&self) -> Result<Attr> {
-        Ok(attr_from_stat(&fstat(self.file.as_fd())?))
+        statx_attr(self.file.as_fd(), OsStr::new(""))
     }
 
     fn setattr(&self, set: &SetAttr) -> Result<Attr> {
@@ -700,24 +709,63 @@ fn timespec(t: SystemTime) -> TimeSpec {
     }
 }
 
-/// Convert a `stat` result.
-pub(crate) fn attr_from_stat(st: &libc::stat) -> Attr {
+/// Attributes of `name` in `dir`, or of `dir` itself when `name` is empty, never following a
+/// final symlink. `statx(2)` rather than `fstatat(2)`: it also reports the birth time, which
+/// tells a file from another one that reused its inode number (see [`FileId`]).
+pub(crate) fn statx_attr(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Attr> {
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT;
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    let rc = nix::NixPath::with_nix_path(name, |c| {
+        // SAFETY: `c` is NUL-terminated and `stx` points to writable memory of the right size.
+        unsafe {
+            libc::statx(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                flags,
+                libc::STATX_BASIC_STATS | libc::STATX_BTIME,
+                stx.as_mut_ptr(),
+            )
+        }
+    })?;
+    errno_result(rc as isize)?;
+    // SAFETY: statx succeeded and filled the structure (it was zeroed before, too).
+    let stx = unsafe { stx.assume_init() };
+    Ok(attr_from_statx(&stx))
+}
+
+/// Convert a `statx` result.
+pub(crate) fn attr_from_statx(st: &libc::statx) -> Attr {
+    let time = |t: &libc::statx_timestamp| system_time(t.tv_sec, i64::from(t.tv_nsec));
+    let birth = if st.stx_mask & libc::STATX_BTIME != 0 {
+        let b = &st.stx_btime;
+        (b.tv_sec as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(u64::from(b.tv_nsec))
+            .max(1)
+    } else {
+        0
+    };
+    let mode = u32::from(st.stx_mode);
     Attr {
-        kind: FileKind::from_mode(st.st_mode).unwrap_or(FileKind::File),
-        perm: (st.st_mode & 0o7777) as u16,
-        nlink: st.st_nlink as u32,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        rdev: st.st_rdev as u32,
-        size: st.st_size as u64,
-        blocks: st.st_blocks as u64,
-        blksize: st.st_blksize as u32,
-        atime: system_time(st.st_atime, st.st_atime_nsec),
-        mtime: system_time(st.st_mtime, st.st_mtime_nsec),
-        ctime: system_time(st.st_ctime, st.st_ctime_nsec),
+        kind: FileKind::from_mode(mode).unwrap_or(FileKind::File),
+        perm: (mode & 0o7777) as u16,
+        nlink: st.stx_nlink,
+        uid: st.stx_uid,
+        gid: st.stx_gid,
+        rdev: libc::makedev(st.stx_rdev_major, st.stx_rdev_minor) as u32,
+        size: st.stx_size,
+        blocks: st.stx_blocks,
+        blksize: st.stx_blksize,
+        atime: time(&st.stx_atime),
+        mtime: time(&st.stx_mtime),
+        ctime: time(&st.stx_ctime),
         id: FileId {
-            dev: st.st_dev,
-            ino: st.st_ino,
+            dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor),
+            ino: st.stx_ino,
+            birth,
         },
     }
 }

@@ -26,6 +26,9 @@ pub enum Fault {
     Delay(Duration),
     /// Wait until [`Faults::release`] (or [`Faults::clear`]), then apply the rules again.
     Block,
+    /// Sleep this long before each write to an open file; every other operation runs normally.
+    /// Widens the window in which a write is acknowledged by nobody yet.
+    DelayWrites(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -100,6 +103,10 @@ impl Faults {
     }
 
     fn check(&self, path: &Path) -> Result<()> {
+        self.check_op(path, false)
+    }
+
+    fn check_op(&self, path: &Path, write: bool) -> Result<()> {
         loop {
             let fault = {
                 let rules = self.rules.lock();
@@ -113,10 +120,13 @@ impl Faults {
                     .map(|r| r.fault)
             };
             let Some(fault) = fault else { return Ok(()) };
+            if matches!(fault, Fault::DelayWrites(_)) && !write {
+                return Ok(());
+            }
             self.hits.fetch_add(1, Ordering::Relaxed);
             match fault {
                 Fault::Fail(errno) => return Err(Error::from_errno(errno)),
-                Fault::Delay(d) => {
+                Fault::Delay(d) | Fault::DelayWrites(d) => {
                     std::thread::sleep(d);
                     return Ok(());
                 }
@@ -170,7 +180,7 @@ impl OpenFile for FaultyFile {
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, data: &[u8], offset: u64) -> Result<usize> {
-        self.faults.check(&self.path)?;
+        self.faults.check_op(&self.path, true)?;
         self.inner.write_at(data, offset)
     }
     fn flush(&self) -> Result<()> {

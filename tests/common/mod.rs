@@ -234,6 +234,12 @@ impl BinMount {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        // Listed in mountinfo is not yet serving: the FUSE handshake may still be under way.
+        // A statfs through the mount is answered by the daemon only after it.
+        wait_until(Duration::from_secs(20), "the mount answers", || {
+            nix::sys::statfs::statfs(mnt)
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC)
+        });
         m
     }
 
