@@ -173,6 +173,8 @@ impl App {
             allow_other: settings.mount.allow_other,
             threads: settings.mount.threads,
             fsname: format!("failoverfs:{}", primary.name),
+            suid: settings.mount.suid,
+            dev: settings.mount.dev,
         };
         // Stacking on a live FUSE mount (another failoverfs, or any FUSE client) would hide it,
         // and stopping one would unmount the other's path.

@@ -68,6 +68,11 @@ pub struct MountSettings {
     /// Create the mount point and `dir` volume roots when they are missing (for demos and tests;
     /// leave it off in production, where a missing volume root is an error worth stopping for).
     pub create_missing: bool,
+    /// Honour setuid and setgid bits of files executed from the mount (`suid`); off by default
+    /// (`nosuid`): anyone who can write a volume could otherwise plant a setuid binary.
+    pub suid: bool,
+    /// Let device nodes on the volume act as devices (`dev`); off by default (`nodev`).
+    pub dev: bool,
 }
 
 impl Default for MountSettings {
@@ -80,6 +85,8 @@ impl Default for MountSettings {
             entry_ttl: Duration::from_secs(1),
             threads: 16,
             create_missing: false,
+            suid: false,
+            dev: false,
         }
     }
 }

@@ -441,11 +441,30 @@ impl Vfs {
         self.run(Retry::Safe, |t| self.file_of(t, fh)?.read_at(buf, offset))
     }
 
-    /// `write` at an explicit offset; returns the bytes written.
+    /// `write` at an explicit offset; returns the bytes written. A write on an `O_APPEND`
+    /// handle is never retried: the backend appends wherever its end is, so a second try after
+    /// a write that landed but was not acknowledged would append the data twice.
     #[inline]
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
         self.writable()?;
-        self.run(Retry::Safe, |t| self.file_of(t, fh)?.write_at(data, offset))
+        let mut failed: Option<Error> = None;
+        self.run(Retry::Safe, |t| {
+            if let Some(e) = failed
+                && self.is_append(fh)
+            {
+                return Err(e);
+            }
+            let r = self.file_of(t, fh).and_then(|f| f.write_at(data, offset));
+            failed = r.as_ref().err().copied();
+            r
+        })
+    }
+
+    fn is_append(&self, fh: u64) -> bool {
+        match self.handles.get(fh).as_deref() {
+            Some(Handle::File(h)) => h.flags & libc::O_APPEND != 0,
+            _ => false,
+        }
     }
 
     /// `flush`: called on every `close()` of a descriptor.

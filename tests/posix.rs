@@ -610,3 +610,27 @@ fn one_stuck_file_does_not_stall_the_others() {
     faults.clear();
     assert_eq!(reader.join().unwrap().unwrap(), b"s");
 }
+
+fn mount_options(mnt: &std::path::Path) -> String {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mnt.to_str().unwrap();
+    info.lines()
+        .find(|l| l.split(' ').nth(4) == Some(want))
+        .and_then(|l| l.split(' ').nth(5))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn nosuid_nodev_by_default_and_opt_ins() {
+    let fx = Fixture::new(1);
+    let opts = mount_options(&fx.layout.mnt);
+    assert!(opts.contains("nosuid") && opts.contains("nodev"), "{opts}");
+    drop(fx);
+    let fx = Fixture::with(1, "suid = true\ndev = true", "");
+    let opts = mount_options(&fx.layout.mnt);
+    assert!(
+        !opts.contains("nosuid") && !opts.contains("nodev"),
+        "{opts}"
+    );
+}

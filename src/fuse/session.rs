@@ -32,6 +32,10 @@ pub struct MountOptions {
     pub threads: usize,
     /// Source name shown in `/proc/mounts` (`failoverfs:<primary>`).
     pub fsname: String,
+    /// `suid` instead of `nosuid`.
+    pub suid: bool,
+    /// `dev` instead of `nodev`.
+    pub dev: bool,
 }
 
 /// How an unmount went.
@@ -62,8 +66,16 @@ impl Mounted {
             MountOption::FSName(opts.fsname.clone()),
             MountOption::Subtype("failoverfs".into()),
             MountOption::DefaultPermissions,
-            MountOption::NoSuid,
-            MountOption::NoDev,
+            if opts.suid {
+                MountOption::Suid
+            } else {
+                MountOption::NoSuid
+            },
+            if opts.dev {
+                MountOption::Dev
+            } else {
+                MountOption::NoDev
+            },
             if opts.read_only {
                 MountOption::RO
             } else {
