@@ -106,9 +106,10 @@ impl Mounted {
         let session = Session::new(fs, &opts.path, &cfg)?;
         let notifier = session.notifier();
         let session = session.spawn()?;
-        let connection = std::fs::metadata(&opts.path)
-            .ok()
-            .map(|md| libc::minor(std::os::unix::fs::MetadataExt::dev(&md)) as u64);
+        // From mountinfo, never by a stat of the mount point: that would be a request to
+        // ourselves, and a SIGKILL landing while a worker holds it leaves this thread waiting
+        // for an answer that never comes (the process cannot exit, the mount cannot go).
+        let connection = fuse_connection(&opts.path);
         Ok(Mounted {
             path: opts.path.clone(),
             session: Some(session),
@@ -251,6 +252,30 @@ pub fn is_mounted(path: &Path) -> bool {
         let is_fuse = line.windows(b" - fuse".len()).any(|w| w == b" - fuse");
         is_fuse && mount_point.as_deref() == Some(want)
     })
+}
+
+/// The FUSE connection number (the minor device number) of the FUSE mount at `path`, read from
+/// `/proc/self/mountinfo` (the last such mount wins: the one on top).
+fn fuse_connection(path: &Path) -> Option<u64> {
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    // mountinfo lists resolved paths; resolve the parent only (never stat the mount itself).
+    let real = match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent).ok()?.join(name),
+        _ => path.to_path_buf(),
+    };
+    let want = real.as_os_str().as_bytes();
+    info.split(|&b| b == b'\n')
+        .filter(|line| line.windows(b" - fuse".len()).any(|w| w == b" - fuse"))
+        .filter_map(|line| {
+            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            let mount_point = unescape_mountinfo(fields.get(4)?);
+            if mount_point != want {
+                return None;
+            }
+            let dev = std::str::from_utf8(fields.get(2)?).ok()?;
+            dev.split_once(':')?.1.parse::<u64>().ok()
+        })
+        .next_back()
 }
 
 fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
