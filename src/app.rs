@@ -178,15 +178,7 @@ impl App {
         };
         // Stacking on a live FUSE mount (another failoverfs, or any FUSE client) would hide it,
         // and stopping one would unmount the other's path.
-        // Resolve the parent only: a stat of the mount point itself would hang on a hung FUSE
-        // mount there.
-        let real = match (mount_path.parent(), mount_path.file_name()) {
-            (Some(parent), Some(name)) => std::fs::canonicalize(parent)
-                .map(|p| p.join(name))
-                .unwrap_or_else(|_| mount_path.clone()),
-            _ => mount_path.clone(),
-        };
-        if crate::fuse::session::is_mounted(&real) {
+        if crate::fuse::session::is_mounted(&mount_path) {
             return Err(StartError(format!(
                 "cannot mount at {}: a FUSE filesystem (another failoverfs?) is already mounted \
                  there; unmount it first",

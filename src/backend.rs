@@ -226,6 +226,9 @@ pub trait OpenFile: Send + Sync + 'static {
 pub trait Backend: Send + Sync + 'static {
     /// A short description for logs and `check` (`dir:/srv/vol`).
     fn describe(&self) -> String;
+    /// The identity of the volume root this backend serves, as seen when it was opened (`None`
+    /// when the backend has no such thing). Inode numbers derive from files on its device.
+    fn root_id(&self) -> Option<FileId>;
     /// Attributes of the file at `path`, not following a final symlink.
     fn stat(&self, path: &Path) -> Result<Attr>;
     /// Change attributes by path (through a handle, see [`OpenFile::setattr`]).

@@ -909,7 +909,8 @@ impl Settings {
     /// compared after resolving symlinks, `.` and `..`.
     fn refuse_overlaps(&self, origin: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
         let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-        let mount = self.mount.path.as_deref().map(real);
+        // Never stat the mount point itself: a hung FUSE mount there would hang the check.
+        let mount = self.mount.path.as_deref().map(resolve_parent);
         let mut roots: Vec<(String, PathBuf)> = Vec::new();
         for (i, v) in self.volumes.iter().enumerate() {
             let BackendSettings::Dir { path } = &v.backend;
@@ -1058,6 +1059,18 @@ fn indexify(key: &str) -> String {
         }
     }
     out
+}
+
+/// `path` with its parent directories resolved (symlinks, `.` and `..`) and its last component
+/// left as it is: how `/proc/self/mountinfo` names a mount point, obtained without touching
+/// whatever is mounted there. `path` itself when the parent cannot be resolved.
+pub fn resolve_parent(path: &Path) -> PathBuf {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+            .map(|p| p.join(name))
+            .unwrap_or_else(|_| path.to_path_buf()),
+        _ => path.to_path_buf(),
+    }
 }
 
 fn ensure_dir(path: &Path, create: bool) -> Result<(), String> {

@@ -299,12 +299,9 @@ impl Controller {
         let generation = old.generation() + 1;
         // Backend identities of the old volume mean nothing on the new one, and names that were
         // hard links there must be looked up again.
-        let root = volume
-            .backend
-            .stat(std::path::Path::new(""))
-            .ok()
-            .map(|a| a.id);
-        self.vfs.inodes().begin_generation(generation, root);
+        self.vfs
+            .inodes()
+            .begin_generation(generation, volume.backend.root_id());
         let detached = self.vfs.inodes().detach_extra_links();
         self.router
             .publish(Route::serving(generation, volume.clone()));
@@ -607,42 +604,63 @@ mod tests {
         assert!(hung.join().unwrap().is_ok());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_failed_idempotent_operation_is_retried_on_the_new_route() {
-        let s = setup(2, Duration::from_secs(2));
+    /// Open `f` with `flags`, start `op` on the handle while `f` hangs on the primary, switch
+    /// to the standby, and make the hung call fail with EIO once the switch has started (it is
+    /// in flight when the gate closes). Returns what `op` returned.
+    async fn op_failing_during_a_switch<T: Send + 'static>(
+        s: &Setup,
+        flags: i32,
+        op: impl FnOnce(&Vfs, u64) -> T + Send + 'static,
+    ) -> T {
         let fh = {
             let vfs = s.vfs.clone();
             tokio::task::spawn_blocking(move || {
                 let e = vfs.lookup(1, OsStr::new("f")).unwrap();
-                vfs.open(e.ino, libc::O_RDONLY).unwrap()
+                vfs.open(e.ino, flags).unwrap()
             })
             .await
             .unwrap()
         };
-        // A read on the dying volume hangs, and is in flight when the gate closes...
         s.faults[0].add("f", Fault::Block);
         let vfs = s.vfs.clone();
-        let op = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64];
-            vfs.read(fh, 0, &mut buf).map(|n| buf[..n].to_vec())
-        });
+        let running = std::thread::spawn(move || op(&vfs, fh));
         while s.faults[0].blocked() == 0 {
             tokio::task::yield_now().await;
             std::thread::yield_now();
         }
-        // ...then fails with EIO once the switch has started.
         let faults = s.faults[0].clone();
         let h = healthy(2);
         let switch = s.controller.switch(deleted(), &h, std::future::pending());
         let fail = async move { faults.replace("", Fault::Fail(libc::EIO)) };
         let (out, ()) = tokio::join!(switch, fail);
         assert!(matches!(out, Outcome::Swapped { .. }));
-        assert_eq!(
-            op.join().unwrap().unwrap(),
-            b"volume 1",
-            "retried on the standby"
-        );
+        running.join().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_idempotent_operation_is_retried_on_the_new_route() {
+        let s = setup(2, Duration::from_secs(2));
+        let read = op_failing_during_a_switch(&s, libc::O_RDONLY, |vfs, fh| {
+            let mut buf = vec![0u8; 64];
+            vfs.read(fh, 0, &mut buf).map(|n| buf[..n].to_vec())
+        })
+        .await;
+        assert_eq!(read.unwrap(), b"volume 1", "retried on the standby");
         assert_eq!(s.vfs.retried_total(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_append_write_is_never_retried_on_the_new_route() {
+        let s = setup(2, Duration::from_secs(2));
+        // The append may have landed on the dying volume: running it again on the standby could
+        // append it twice.
+        let flags = libc::O_WRONLY | libc::O_APPEND;
+        let written =
+            op_failing_during_a_switch(&s, flags, |vfs, fh| vfs.write(fh, 8, b"+tail")).await;
+        assert_eq!(written.unwrap_err().errno(), libc::EIO);
+        assert_eq!(s.vfs.retried_total(), 0);
+        let standby = std::fs::read(s._tmp.path().join("v1/f")).unwrap();
+        assert_eq!(standby, b"volume 1", "nothing appended on the standby");
     }
 
     #[tokio::test(start_paused = true)]

@@ -109,9 +109,15 @@ pub struct InodeTable {
     /// Backend identity → inode, for the current generation: how hard links are recognised.
     ids: Box<[Mutex<HashMap<FileId, u64>>]>,
     id_generation: AtomicU64,
-    /// The current volume's root, whose device the derived numbers belong to.
-    root: Mutex<Option<FileId>>,
+    /// The current volume root's device and inode number (`ROOT_UNKNOWN` when unknown): derived
+    /// numbers belong to that device. Written only by `begin_generation`; a lookup racing with it
+    /// may derive from a mix of old and new values, which only changes which free number a new
+    /// node gets, never whether a held number is handed out.
+    root_dev: AtomicU64,
+    root_ino: AtomicU64,
 }
+
+const ROOT_UNKNOWN: u64 = 0;
 
 /// Shard guards held together, in ascending shard order.
 struct Locked<'a> {
@@ -169,7 +175,8 @@ impl InodeTable {
             nodes: AtomicUsize::new(1),
             ids: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             id_generation: AtomicU64::new(0),
-            root: Mutex::new(None),
+            root_dev: AtomicU64::new(0),
+            root_ino: AtomicU64::new(ROOT_UNKNOWN),
         }
     }
 
@@ -200,17 +207,28 @@ impl InodeTable {
     /// The path of `ino` relative to the volume root (empty for the root). `ENOENT` when the
     /// inode is detached (unlinked) or unknown.
     pub fn path(&self, ino: u64) -> Result<PathBuf> {
+        self.path_with(ino, None).map(|(path, _)| path)
+    }
+
+    /// Like [`InodeTable::path`], with the backend identity `ino` was last seen with and the
+    /// generation it was seen under (`None` for the root), read under the same lock.
+    pub fn path_and_identity(&self, ino: u64) -> Result<(PathBuf, Option<(u64, FileId)>)> {
         self.path_with(ino, None)
     }
 
     /// The path of `name` in directory `parent`, built in one allocation (what `lookup` and the
     /// create operations need).
     pub fn child_path(&self, parent: u64, name: &OsStr) -> Result<PathBuf> {
-        self.path_with(parent, Some(name))
+        self.path_with(parent, Some(name)).map(|(path, _)| path)
     }
 
-    fn path_with(&self, ino: u64, last: Option<&OsStr>) -> Result<PathBuf> {
+    fn path_with(
+        &self,
+        ino: u64,
+        last: Option<&OsStr>,
+    ) -> Result<(PathBuf, Option<(u64, FileId)>)> {
         let mut parts: SmallVec<[Name; 16]> = SmallVec::new();
+        let mut identity = None;
         let mut cur = ino;
         let mut len = last.map_or(0, |n| n.len() + 1);
         while cur != ROOT {
@@ -219,6 +237,9 @@ impl InodeTable {
             }
             let shard = self.shards[shard_of(cur)].lock();
             let node = shard.get(&cur).ok_or(Error::posix(libc::ENOENT))?;
+            if cur == ino {
+                identity = node.id;
+            }
             let (parent, name) = node.places.first().ok_or(Error::posix(libc::ENOENT))?;
             len += name.len() + 1;
             parts.push(name.clone());
@@ -232,39 +253,20 @@ impl InodeTable {
             }
             path.push(part);
         }
-        Ok(PathBuf::from(path))
-    }
-
-    /// The backend identity `ino` was last seen with, and the generation it was seen under.
-    pub fn identity(&self, ino: u64) -> Option<(u64, FileId)> {
-        self.shards[shard_of(ino)]
-            .lock()
-            .get(&ino)
-            .and_then(|n| n.id)
+        Ok((PathBuf::from(path), identity))
     }
 
     /// The place `ino`'s path is built from (its first name) no longer holds it: drop that name,
     /// so the path continues with the next name (another hard link), or the node is detached.
     /// The kernel's entry for the name is left to its own revalidation.
     pub fn drop_first_place(&self, ino: u64) {
-        let Some((parent, name)) = self.shards[shard_of(ino)]
+        let first = self.shards[shard_of(ino)]
             .lock()
             .get(&ino)
-            .and_then(|n| n.places.first().cloned())
-        else {
-            return;
-        };
-        let mut l = self.lock(&[parent, ino]);
-        if l.child(parent, &name) == Some(ino)
-            && let Some(p) = l.node(parent)
-        {
-            p.children.remove(&*name);
+            .and_then(|n| n.places.first().cloned());
+        if let Some((parent, name)) = first {
+            self.unmap(parent, &name, ino);
         }
-        if let Some(n) = l.node(ino) {
-            n.remove_place(parent, &name);
-        }
-        drop(l);
-        self.remove_if_unreferenced(parent);
     }
 
     /// Number of names `ino` is known under.
@@ -275,22 +277,15 @@ impl InodeTable {
             .map_or(0, |n| n.places.len())
     }
 
-    /// The inode number a directory entry with backend inode `backend_ino` would get, for `d_ino`
-    /// in plain listings: the known node when the name is mapped, the derived number when it is
-    /// free, and `fallback` otherwise.
+    /// `d_ino` for a listing entry with backend inode number `backend_ino`: the known node when
+    /// the name is mapped, else the number a lookup would derive when it is free, else
+    /// `fallback`.
     pub fn listing_ino(&self, parent: u64, name: &OsStr, backend_ino: u64, fallback: u64) -> u64 {
         if let Some(known) = self.peek(parent, name) {
             return known;
         }
-        let Some(root) = *self.root.lock() else {
-            return fallback;
-        };
-        let id = FileId {
-            dev: root.dev,
-            ino: backend_ino,
-            birth: 0,
-        };
-        match self.candidate(&id) {
+        let dev = self.root_dev.load(Ordering::Relaxed);
+        match self.derived(dev, backend_ino) {
             Some(n) if !self.shards[shard_of(n)].lock().contains_key(&n) => n,
             _ => fallback,
         }
@@ -371,18 +366,14 @@ impl InodeTable {
                 }
                 // The name now holds another file: the old node keeps living for the kernel
                 // until it forgets it (detached if this was its only name).
-                node.remove_place(parent, name);
-                if let Some(p) = l.node(parent) {
-                    p.children.remove(name);
-                }
                 drop(l);
-                self.remove_if_unreferenced(child);
+                self.unmap(parent, name, child);
                 continue;
             }
             if let Some(ino) = self.join_known(parent, name, kind, id, nlink, generation)? {
                 return Ok(ino);
             }
-            let candidate = self.candidate(&id);
+            let candidate = self.derived(id.dev, id.ino);
             let mut ino = candidate.unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed));
             let mut l = loop {
                 let mut l = self.lock(&[parent, ino]);
@@ -420,15 +411,16 @@ impl InodeTable {
         }
     }
 
-    /// The inode number a new node for `id` should get: the backend's own inode number, so that
-    /// `st_ino` of a file stays the same when the kernel forgets and looks it up again. `None`
-    /// for files on another device than the volume root (a filesystem mounted inside the
-    /// volume), for the root's own number and for numbers in our own range.
-    fn candidate(&self, id: &FileId) -> Option<u64> {
-        let root = *self.root.lock();
-        let root = root?;
-        (id.dev == root.dev && id.ino != root.ino && id.ino > ROOT && id.ino < OWN_BASE)
-            .then_some(id.ino)
+    /// The inode number a new file with backend inode `ino` on device `dev` should get: that
+    /// very number, so that `st_ino` of a file stays the same when the kernel forgets and looks
+    /// it up again. `None` for files on another device than the volume root (a filesystem
+    /// mounted inside the volume), for the root's own number, for numbers in our own range, and
+    /// while the root is unknown. Whether the number is free is for the caller to check.
+    fn derived(&self, dev: u64, ino: u64) -> Option<u64> {
+        let root_ino = self.root_ino.load(Ordering::Relaxed);
+        let on_root_dev = dev == self.root_dev.load(Ordering::Relaxed);
+        (root_ino != ROOT_UNKNOWN && on_root_dev && ino != root_ino && ino > ROOT && ino < OWN_BASE)
+            .then_some(ino)
     }
 
     /// If `id` is a file already known under another name, map `parent/name` to that node: as
@@ -528,7 +520,10 @@ impl InodeTable {
     /// unknown: every new node then gets a number of our own): backend identities seen before
     /// mean nothing any more.
     pub fn begin_generation(&self, generation: u64, root: Option<FileId>) {
-        *self.root.lock() = root;
+        self.root_dev
+            .store(root.map_or(0, |r| r.dev), Ordering::Relaxed);
+        self.root_ino
+            .store(root.map_or(ROOT_UNKNOWN, |r| r.ino), Ordering::Relaxed);
         self.id_generation.store(generation, Ordering::Release);
         for shard in self.ids.iter() {
             shard.lock().clear();
@@ -551,20 +546,9 @@ impl InodeTable {
         }
         let mut detached = Vec::new();
         for (ino, parent, name) in extra {
-            let mut l = self.lock(&[parent, ino]);
-            if l.child(parent, &name) != Some(ino) {
-                continue;
+            if self.unmap(parent, &name, ino) {
+                detached.push((parent, name.to_os_string()));
             }
-            if let Some(p) = l.node(parent) {
-                p.children.remove(&*name);
-            }
-            if let Some(n) = l.node(ino) {
-                n.remove_place(parent, &name);
-            }
-            drop(l);
-            // The parent may have been waiting only for this child to go.
-            self.remove_if_unreferenced(parent);
-            detached.push((parent, name.to_os_string()));
         }
         detached
     }
@@ -639,24 +623,32 @@ impl InodeTable {
 
     /// `parent/name` was removed from the volume (unlink or rmdir).
     pub fn unlink(&self, parent: u64, name: &OsStr) {
-        loop {
-            let Some(child) = self.peek(parent, name) else {
+        while let Some(child) = self.peek(parent, name) {
+            if self.unmap(parent, name, child) {
                 return;
-            };
-            let mut l = self.lock(&[parent, child]);
-            if l.child(parent, name) != Some(child) {
-                continue;
             }
-            if let Some(p) = l.node(parent) {
-                p.children.remove(name);
-            }
-            if let Some(c) = l.node(child) {
-                c.remove_place(parent, name);
-            }
-            drop(l);
-            self.remove_if_unreferenced(child);
-            return;
         }
+    }
+
+    /// Unmap `parent/name` if it still maps to `ino` (the node keeps its other names, or lives
+    /// on detached while the kernel holds it), then free what that left unreferenced: the node,
+    /// and the parent when it was kept only for this child. Returns whether the name mapped to
+    /// `ino`.
+    fn unmap(&self, parent: u64, name: &OsStr, ino: u64) -> bool {
+        let mut l = self.lock(&[parent, ino]);
+        if l.child(parent, name) != Some(ino) {
+            return false;
+        }
+        if let Some(p) = l.node(parent) {
+            p.children.remove(name);
+        }
+        if let Some(n) = l.node(ino) {
+            n.remove_place(parent, name);
+        }
+        drop(l);
+        self.remove_if_unreferenced(ino);
+        self.remove_if_unreferenced(parent);
+        true
     }
 
     /// `parent/name` was renamed to `new_parent/new_name` on the volume; with `exchange` the two

@@ -14,7 +14,7 @@
 //! - The inode table changes only after the backend agreed (a failed rename leaves it alone).
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -70,6 +70,9 @@ impl Default for VfsOptions {
 enum Retry {
     Safe,
     Never,
+    /// A write on handle `fh`: safe unless the handle appends (the backend appends wherever its
+    /// end is, so a second try after a write that landed unacknowledged would append twice).
+    Write(u64),
 }
 
 /// d_ino for an entry we have no inode for yet (what libfuse uses too).
@@ -89,13 +92,7 @@ impl Vfs {
     pub fn new(router: Arc<Router>, opts: VfsOptions) -> Vfs {
         let route = router.current();
         let inodes = InodeTable::new();
-        let root = route
-            .volume()
-            .backend
-            .stat(Path::new(""))
-            .ok()
-            .map(|a| a.id);
-        inodes.begin_generation(route.generation(), root);
+        inodes.begin_generation(route.generation(), route.volume().backend.root_id());
         Vfs {
             router,
             inodes,
@@ -147,7 +144,7 @@ impl Vfs {
     fn run<T>(&self, retry: Retry, mut f: impl FnMut(&Ticket) -> Result<T>) -> Result<T> {
         let ticket = self.router.enter()?;
         match f(&ticket) {
-            Err(e) if retry == Retry::Safe && e.retryable() => {
+            Err(e) if e.retryable() && self.may_retry(retry) => {
                 let generation = ticket.generation();
                 drop(ticket);
                 match self.router.enter_newer(generation) {
@@ -160,6 +157,18 @@ impl Vfs {
                 }
             }
             r => r,
+        }
+    }
+
+    /// Asked only once an operation failed, so the hot path pays nothing for it.
+    fn may_retry(&self, retry: Retry) -> bool {
+        match retry {
+            Retry::Safe => true,
+            Retry::Never => false,
+            Retry::Write(fh) => match self.handles.get(fh).as_deref() {
+                Some(Handle::File(h)) => h.flags & libc::O_APPEND == 0,
+                _ => true,
+            },
         }
     }
 
@@ -178,33 +187,27 @@ impl Vfs {
         Ok(Entry { ino, attr })
     }
 
-    /// Whether `attr`, found at one of `ino`'s names on ticket `t`'s volume, is the file `ino`
-    /// stands for. A node last seen under an earlier generation accepts what the new volume has.
-    fn is_same_file(&self, t: &Ticket, ino: u64, attr: &Attr) -> bool {
-        match self.inodes.identity(ino) {
-            Some((generation, id)) => generation != t.generation() || id == attr.id,
-            None => true,
-        }
-    }
-
-    /// The path of `ino` on ticket `t`'s volume, checked: `check` runs on it and returns the
-    /// attributes of what it reached. When the name no longer holds the file (gone, or another
-    /// file took it) the next name of the file is tried (hard links); with none left, `ESTALE`.
-    /// The kernel answers `ESTALE` from a path-based call (open, stat, chmod, ...) by looking the
-    /// name up again, bypassing its caches: the application then gets the file the name holds
-    /// now, or `ENOENT`, never the wrong file and never a stale `ENOENT` for a file that was
-    /// renamed by another client and is back.
+    /// The path of `ino` on ticket `t`'s volume, checked: `check` runs on it and returns what it
+    /// made of the file there with the file's attributes. When the name no longer holds the file
+    /// (gone, or another file took it) the next name of the file is tried (hard links); with
+    /// none left, `ESTALE`. The kernel answers `ESTALE` from a path-based call (open, stat,
+    /// chmod, ...) by looking the name up again, bypassing its caches: the application then gets
+    /// the file the name holds now, or `ENOENT`, never the wrong file and never a stale `ENOENT`
+    /// for a file that was renamed by another client and is back. A node last seen under an
+    /// earlier generation (before a switch) accepts what the new volume has.
     fn checked<T>(
         &self,
         t: &Ticket,
         ino: u64,
         mut check: impl FnMut(&Path) -> Result<(T, Attr)>,
-    ) -> Result<(T, Attr)> {
+    ) -> Result<(PathBuf, T)> {
         loop {
-            let path = self.inodes.path(ino)?;
+            let (path, known) = self.inodes.path_and_identity(ino)?;
             match check(&path) {
-                Ok((v, attr)) if self.is_same_file(t, ino, &attr) => return Ok((v, attr)),
-                Ok(_) => {}
+                Ok((v, attr)) => match known {
+                    Some((generation, id)) if generation == t.generation() && id != attr.id => {}
+                    _ => return Ok((path, v)),
+                },
                 Err(e) if e.errno() == libc::ENOENT && ino != ROOT => {}
                 Err(e) => return Err(e),
             }
@@ -214,6 +217,12 @@ impl Vfs {
             }
             return Err(Error::posix(libc::ESTALE));
         }
+    }
+
+    /// The checked path of `ino` (see [`Vfs::checked`]) and the file's attributes there.
+    fn located(&self, t: &Ticket, ino: u64) -> Result<(PathBuf, Attr)> {
+        let backend = &t.volume().backend;
+        self.checked(t, ino, |path| backend.stat(path).map(|a| (a, a)))
     }
 
     /// The backend file of handle `fh` for an operation on ticket `t`, re-opened on the current
@@ -258,9 +267,8 @@ impl Vfs {
                     Err(_) => {}
                 }
             }
-            let backend = &t.volume().backend;
-            match self.checked(t, ino, |path| backend.stat(path).map(|a| ((), a))) {
-                Ok(((), attr)) => Ok(attr),
+            match self.located(t, ino) {
+                Ok((_, attr)) => Ok(attr),
                 // Unlinked, or its name taken by another file, but still open: ask an open file
                 // of this volume.
                 Err(e) => match self
@@ -284,11 +292,8 @@ impl Vfs {
             if let Some(fh) = fh {
                 return self.file_of(t, fh)?.setattr(set);
             }
-            let backend = &t.volume().backend;
-            match self.checked(t, ino, |path| {
-                backend.stat(path).map(|a| (path.to_path_buf(), a))
-            }) {
-                Ok((path, _)) => backend.setattr(&path, set),
+            match self.located(t, ino) {
+                Ok((path, _)) => t.volume().backend.setattr(&path, set),
                 Err(e) => match self
                     .handles
                     .any_file_of(ino, epoch(t), self.opts.stale_errno)
@@ -407,7 +412,7 @@ impl Vfs {
         }
         self.run(Retry::Never, |t| {
             let backend = &t.volume().backend;
-            let (file, _) = self.checked(t, ino, |path| {
+            let (_, file) = self.checked(t, ino, |path| {
                 let file = backend.open(path, flags)?;
                 let attr = file.stat()?;
                 Ok((file, attr))
@@ -441,30 +446,14 @@ impl Vfs {
         self.run(Retry::Safe, |t| self.file_of(t, fh)?.read_at(buf, offset))
     }
 
-    /// `write` at an explicit offset; returns the bytes written. A write on an `O_APPEND`
-    /// handle is never retried: the backend appends wherever its end is, so a second try after
-    /// a write that landed but was not acknowledged would append the data twice.
+    /// `write` at an explicit offset; returns the bytes written. Retried on a new route unless
+    /// the handle appends (see [`Retry::Write`]).
     #[inline]
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
         self.writable()?;
-        let mut failed: Option<Error> = None;
-        self.run(Retry::Safe, |t| {
-            if let Some(e) = failed
-                && self.is_append(fh)
-            {
-                return Err(e);
-            }
-            let r = self.file_of(t, fh).and_then(|f| f.write_at(data, offset));
-            failed = r.as_ref().err().copied();
-            r
+        self.run(Retry::Write(fh), |t| {
+            self.file_of(t, fh)?.write_at(data, offset)
         })
-    }
-
-    fn is_append(&self, fh: u64) -> bool {
-        match self.handles.get(fh).as_deref() {
-            Some(Handle::File(h)) => h.flags & libc::O_APPEND != 0,
-            _ => false,
-        }
     }
 
     /// `flush`: called on every `close()` of a descriptor.

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::time::Duration;
 
 use common::*;
@@ -125,28 +125,40 @@ fn inode_numbers_survive_the_kernel_forgetting_and_match_readdir() {
 }
 
 #[test]
-fn create_unlink_loops_never_reuse_a_held_number() {
+fn a_number_the_kernel_holds_is_never_given_to_another_file() {
     let fx = Fixture::new(1);
-    // Hold every file open: the kernel holds each inode, so each number must stay unique even
-    // though the volume reuses its inode numbers as soon as a file is gone.
-    let mut held = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    // Each round: a file appears on the volume, the kernel looks it up and keeps holding it (an
+    // O_PATH descriptor pins the kernel's inode without opening the file on the volume, and
+    // survives cache drops by other tests), then the file is removed on the volume, whose inode
+    // number the volume hands to the next file at once.
+    let mut held: Vec<(fs::File, u64)> = Vec::new();
+    let mut reused = 0;
     for i in 0..2000 {
-        let p = fx.path(&format!("c{}", i % 7));
-        let f = fs::File::create(&p).unwrap();
-        let ino = f.metadata().unwrap().ino();
+        let name = format!("x{i}");
+        fs::write(fx.vol(0, &name), b"x").unwrap();
+        let fd = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(fx.path(&name))
+            .unwrap();
+        let ino = fd.metadata().unwrap().ino();
         assert!(
-            seen.insert(ino),
-            "inode number {ino} handed out twice while held"
+            held.iter().all(|(_, h)| *h != ino),
+            "round {i}: inode number {ino} handed out again while the kernel holds it"
         );
-        fs::remove_file(&p).unwrap();
-        held.push(f);
+        let backend_ino = fs::metadata(fx.vol(0, &name)).unwrap().ino();
+        reused += held.iter().any(|(_, h)| *h == backend_ino) as u32;
+        fs::remove_file(fx.vol(0, &name)).unwrap();
+        held.push((fd, ino));
         if held.len() > 200 {
             held.remove(0);
-            seen.clear();
-            seen.extend(held.iter().map(|f| f.metadata().unwrap().ino()));
         }
     }
+    // The case is real only if the volume did reuse numbers of held files.
+    assert!(
+        reused > 100,
+        "the volume reused a held file's number only {reused} times"
+    );
 }
 
 const NOBODY: failoverfs::backend::Caller = failoverfs::backend::Caller {
@@ -159,7 +171,9 @@ const NOBODY: failoverfs::backend::Caller = failoverfs::backend::Caller {
 fn create_meeting_an_existing_file_checks_the_callers_rights() {
     let fx = Fixture::new(1);
     // A racing creator outside the kernel made root's private file between the kernel's lookup
-    // and its create: the create must not open it for `nobody`.
+    // and its create: the create must not open it for `nobody`. That window cannot be timed
+    // through the mount, so the CREATE the kernel would send goes to the logical volume
+    // directly (the real one, over the real directory).
     fs::write(fx.vol(0, "private"), b"root only").unwrap();
     fs::set_permissions(
         fx.vol(0, "private"),
@@ -177,25 +191,25 @@ fn create_meeting_an_existing_file_checks_the_callers_rights() {
 
 #[test]
 fn files_are_created_as_the_caller_with_their_mode_bits() {
-    let fx = Fixture::new(1);
+    let fx = Fixture::with(1, "allow_other = true", "");
     fs::create_dir(fx.vol(0, "pub")).unwrap();
     fs::set_permissions(
         fx.vol(0, "pub"),
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     )
     .unwrap();
-    let vfs = fx.app().vfs();
-    let dir = vfs.lookup(failoverfs::inode::ROOT, os("pub")).unwrap().ino;
-    let (entry, fh) = vfs
-        .create(
-            dir,
-            os("suid"),
-            libc::S_IFREG | 0o4755,
-            libc::O_RDWR,
-            NOBODY,
-        )
-        .unwrap();
-    vfs.release(fh);
+    // Through the mount, as `nobody`: create with 04755 and mkdir with 02750 (perl is in every
+    // Debian base system).
+    let dir = fx.path("pub");
+    let (ok, err) = sh_as(
+        65534,
+        &format!(
+            "perl -MFcntl -e 'sysopen(my $f, \"{d}/suid\", O_CREAT|O_WRONLY, 04755) or die $!; \
+             mkdir(\"{d}/sub\", 02750) or die $!'",
+            d = dir.display()
+        ),
+    );
+    assert!(ok, "{err}");
     let md = fs::metadata(fx.vol(0, "pub/suid")).unwrap();
     assert_eq!((md.uid(), md.gid()), (65534, 65534));
     assert_eq!(
@@ -203,20 +217,22 @@ fn files_are_created_as_the_caller_with_their_mode_bits() {
         0o4755,
         "the setuid bit is kept, as on ext4"
     );
-    assert_eq!(entry.attr.uid, 65534);
-    let d = vfs.mkdir(dir, os("sub"), 0o2750, NOBODY).unwrap();
-    assert_eq!((d.attr.uid, d.attr.gid), (65534, 65534));
-    // Nobody may not create in root's private directory, whatever the daemon may do.
+    let md = fs::metadata(fx.vol(0, "pub/sub")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (65534, 65534));
+    // Below the kernel's own check: the volume refuses `nobody` in root's 0755 directory even
+    // when the request reaches it (a stale permission cache, a racing chmod).
     fs::create_dir(fx.vol(0, "closed")).unwrap();
     fs::set_permissions(
         fx.vol(0, "closed"),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
+    let vfs = fx.app().vfs();
     let closed = vfs
         .lookup(failoverfs::inode::ROOT, os("closed"))
         .unwrap()
         .ino;
     let e = vfs.mkdir(closed, os("x"), 0o755, NOBODY).unwrap_err();
     assert_eq!(e.errno(), libc::EACCES);
+    assert!(!fx.vol(0, "closed/x").exists());
 }

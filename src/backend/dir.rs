@@ -41,6 +41,7 @@ const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_BENEATH
 pub struct DirBackend {
     root_path: PathBuf,
     root: OwnedFd,
+    root_id: FileId,
 }
 
 /// A directory descriptor: the root itself, or one opened beneath it.
@@ -66,9 +67,13 @@ impl DirBackend {
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
+        let root_id = statx_attr(root.as_fd(), OsStr::new(""))
+            .map_err(std::io::Error::from)?
+            .id;
         Ok(DirBackend {
             root_path: path.to_path_buf(),
             root,
+            root_id,
         })
     }
 
@@ -175,6 +180,10 @@ impl DirBackend {
 impl Backend for DirBackend {
     fn describe(&self) -> String {
         format!("dir:{}", self.root_path.display())
+    }
+
+    fn root_id(&self) -> Option<FileId> {
+        Some(self.root_id)
     }
 
     fn stat(&self, path: &Path) -> Result<Attr> {

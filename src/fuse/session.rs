@@ -106,10 +106,7 @@ impl Mounted {
         let session = Session::new(fs, &opts.path, &cfg)?;
         let notifier = session.notifier();
         let session = session.spawn()?;
-        // From mountinfo, never by a stat of the mount point: that would be a request to
-        // ourselves, and a SIGKILL landing while a worker holds it leaves this thread waiting
-        // for an answer that never comes (the process cannot exit, the mount cannot go).
-        let connection = fuse_connection(&opts.path);
+        let connection = fuse_mount_at(&opts.path);
         Ok(Mounted {
             path: opts.path.clone(),
             session: Some(session),
@@ -240,40 +237,34 @@ fn fusermount_unmount(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Whether `path` is currently a FUSE mount point of failoverfs, per `/proc/self/mountinfo`.
+/// Whether a FUSE filesystem is mounted at `path` right now (see [`fuse_mount_at`]).
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.as_os_str().as_bytes();
-    info.split(|&b| b == b'\n').any(|line| {
-        let mut fields = line.split(|&b| b == b' ');
-        let mount_point = fields.nth(4).map(unescape_mountinfo);
-        let is_fuse = line.windows(b" - fuse".len()).any(|w| w == b" - fuse");
-        is_fuse && mount_point.as_deref() == Some(want)
-    })
+    fuse_mount_at(path).is_some()
 }
 
-/// The FUSE connection number (the minor device number) of the FUSE mount at `path`, read from
-/// `/proc/self/mountinfo` (the last such mount wins: the one on top).
-fn fuse_connection(path: &Path) -> Option<u64> {
+/// The connection number (the minor device number) of the FUSE mount on top at `path`, per
+/// `/proc/self/mountinfo`; `None` when no FUSE filesystem is mounted there. The mount itself is
+/// never touched: a stat of it would be a request to whoever serves it, a hung server or
+/// ourselves (a SIGKILL landing while our own worker holds such a request leaves the thread
+/// waiting forever). Only the parent directories are resolved, as mountinfo lists them.
+pub fn fuse_mount_at(path: &Path) -> Option<u64> {
     let info = std::fs::read("/proc/self/mountinfo").ok()?;
-    // mountinfo lists resolved paths; resolve the parent only (never stat the mount itself).
-    let real = match (path.parent(), path.file_name()) {
-        (Some(parent), Some(name)) => std::fs::canonicalize(parent).ok()?.join(name),
-        _ => path.to_path_buf(),
-    };
+    let real = crate::config::resolve_parent(path);
     let want = real.as_os_str().as_bytes();
     info.split(|&b| b == b'\n')
-        .filter(|line| line.windows(b" - fuse".len()).any(|w| w == b" - fuse"))
         .filter_map(|line| {
-            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-            let mount_point = unescape_mountinfo(fields.get(4)?);
-            if mount_point != want {
+            // `ID PARENT MAJOR:MINOR ROOT MOUNT_POINT OPTIONS... - FSTYPE SOURCE SUPER_OPTIONS`
+            let sep = line.windows(3).position(|w| w == b" - ")?;
+            let fstype = line[sep + 3..].split(|&b| b == b' ').next()?;
+            let is_fuse = fstype == b"fuse" || fstype == b"fuseblk" || fstype.starts_with(b"fuse.");
+            let mut fields = line[..sep].split(|&b| b == b' ');
+            let dev = fields.nth(2)?;
+            let mount_point = unescape_mountinfo(fields.nth(1)?);
+            if !is_fuse || mount_point != want {
                 return None;
             }
-            let dev = std::str::from_utf8(fields.get(2)?).ok()?;
-            dev.split_once(':')?.1.parse::<u64>().ok()
+            let minor = std::str::from_utf8(dev).ok()?.split_once(':')?.1;
+            minor.parse::<u64>().ok()
         })
         .next_back()
 }
