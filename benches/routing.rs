@@ -13,11 +13,7 @@ use failoverfs::routing::{Route, Router, Volume, WaitPolicy};
 
 fn router() -> Arc<Router> {
     let backend = DirBackend::open(std::path::Path::new("/")).expect("open /");
-    let volume = Arc::new(Volume {
-        index: 0,
-        name: "bench".into(),
-        backend: Arc::new(backend),
-    });
+    let volume = Arc::new(Volume::new(0, "bench", Arc::new(backend)));
     Arc::new(Router::new(
         Route::serving(1, volume),
         WaitPolicy::default(),

@@ -21,12 +21,13 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::backend::Backend;
-use crate::config::{FailoverSettings, LeaveMount, Settings};
+use crate::config::{BackendSettings, FailoverSettings, LeaveMount, Settings};
 use crate::exit::Exit;
-use crate::failover::{AuditEntry, Controller, KernelCache, Outcome, Trigger};
+use crate::failover::{AuditEntry, Controller, KernelCache, Opener, Outcome, Trigger};
 use crate::fuse::session::{MountOptions, Mounted, Unmounted};
 use crate::fuse::{FuseFs, NotifierCache, Ttls};
 use crate::monitor::{Health, Monitor, Watched};
+use crate::probe::dir::RootWatch;
 use crate::routing::{Route, Router, Volume, WaitPolicy};
 use crate::vfs::{Vfs, VfsOptions};
 
@@ -93,19 +94,46 @@ impl App {
             Signals::new()?
         };
 
+        // Opening a volume, at start and again later (a remounted root, a switch back to a volume
+        // that was closed).
+        let opener: Arc<Opener> = {
+            let table: Vec<(String, BackendSettings)> = settings
+                .volumes
+                .iter()
+                .map(|v| (v.name.clone(), v.backend.clone()))
+                .collect();
+            let wrap: Option<Arc<WrapBackend>> = hooks.wrap_backend.map(Arc::from);
+            Arc::new(move |index: usize| {
+                let (name, backend) = table
+                    .get(index)
+                    .ok_or_else(|| format!("no volume {index} in the table"))?;
+                let opened = crate::backend::open(backend).map_err(|e| e.to_string())?;
+                let opened = match &wrap {
+                    Some(wrap) => wrap(index, opened),
+                    None => opened,
+                };
+                Ok(Arc::new(Volume::new(index, name.clone(), opened)))
+            })
+        };
+        let (reopen_tx, reopen_rx) = mpsc::unbounded_channel();
+        let watches: Vec<Option<Arc<RootWatch>>> = settings
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(index, v)| match &v.backend {
+                BackendSettings::Dir { path } => {
+                    Some(RootWatch::new(index, path.clone(), reopen_tx.clone()))
+                }
+            })
+            .collect();
         let mut volumes = Vec::with_capacity(settings.volumes.len());
         for (index, v) in settings.volumes.iter().enumerate() {
-            match crate::backend::open(&v.backend) {
-                Ok(backend) => {
-                    let backend = match &hooks.wrap_backend {
-                        Some(wrap) => wrap(index, backend),
-                        None => backend,
-                    };
-                    volumes.push(Some(Arc::new(Volume {
-                        index,
-                        name: v.name.clone(),
-                        backend,
-                    })))
+            match opener(index) {
+                Ok(volume) => {
+                    if let Some(Some(w)) = watches.get(index) {
+                        w.serve(volume.backend.root_mark());
+                    }
+                    volumes.push(Some(volume))
                 }
                 Err(e) if index == 0 => {
                     return Err(StartError(format!(
@@ -134,7 +162,12 @@ impl App {
                 Watched {
                     index,
                     name: v.name.clone(),
-                    probes: crate::probe::build(v, &policy, &client),
+                    probes: crate::probe::build(
+                        v,
+                        &policy,
+                        &client,
+                        watches.get(index).cloned().flatten(),
+                    ),
                     policy,
                 }
             })
@@ -197,7 +230,8 @@ impl App {
         );
         let cache: Arc<dyn KernelCache> = Arc::new(NotifierCache::new(mounted.notifier()));
         let controller =
-            Controller::new(router.clone(), vfs.clone(), volumes, failover, Some(cache));
+            Controller::new(router.clone(), vfs.clone(), volumes, failover, Some(cache))
+                .with_reopening(opener, watches);
         let audit = controller.audit();
         let (commands, command_rx) = mpsc::unbounded_channel();
         let supervisor = Supervisor {
@@ -209,6 +243,7 @@ impl App {
             signals_seen: 0,
             stop_requested: false,
             commands: command_rx,
+            remounted: reopen_rx,
             ended,
             settings: failover,
             mount_path: mount_path.clone(),
@@ -376,6 +411,8 @@ struct Supervisor {
     signals_seen: u32,
     stop_requested: bool,
     commands: mpsc::UnboundedReceiver<Command>,
+    /// Volumes whose root was found remounted (from their probes).
+    remounted: mpsc::UnboundedReceiver<usize>,
     ended: Arc<Notify>,
     settings: FailoverSettings,
     mount_path: PathBuf,
@@ -426,6 +463,15 @@ impl Supervisor {
                         }
                     }
                 },
+                Some(index) = self.remounted.recv() => {
+                    if index != self.active {
+                        self.controller.refresh_standby(index).await;
+                    } else if let (Some(exit), _) =
+                        self.switch(Trigger::Remounted { index }, Instant::now()).await
+                    {
+                        return exit;
+                    }
+                }
                 _ = state.changed() => {}
             }
         }
@@ -463,7 +509,7 @@ impl Supervisor {
     async fn switch(&mut self, trigger: Trigger, started: Instant) -> (Option<Exit>, Outcome) {
         let deleted = match &trigger {
             Trigger::Deleted { evidence, .. } => Some(evidence.clone()),
-            Trigger::Manual { .. } => None,
+            Trigger::Remounted { .. } | Trigger::Manual { .. } => None,
         };
         let from = self.router.current().volume().name.clone();
         let outcome = self.run_switch(trigger).await;

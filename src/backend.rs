@@ -110,6 +110,17 @@ pub struct FileId {
     pub birth: u64,
 }
 
+/// Where a volume root is: which directory, on which mount. The mark of the configured path and
+/// the mark of the directory a backend serves differ once the directory was moved away or
+/// replaced, or its filesystem unmounted or remounted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RootMark {
+    /// The directory.
+    pub id: FileId,
+    /// The mount it was reached through (`statx` mount id).
+    pub mount: u64,
+}
+
 /// A time to set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetTime {
@@ -226,9 +237,13 @@ pub trait OpenFile: Send + Sync + 'static {
 pub trait Backend: Send + Sync + 'static {
     /// A short description for logs and `check` (`dir:/srv/vol`).
     fn describe(&self) -> String;
-    /// The identity of the volume root this backend serves, as seen when it was opened (`None`
-    /// when the backend has no such thing). Inode numbers derive from files on its device.
-    fn root_id(&self) -> Option<FileId>;
+    /// The volume root this backend serves, as seen when it was opened (`None` when the backend
+    /// is not a directory on a mounted filesystem).
+    fn root_mark(&self) -> Option<RootMark>;
+    /// The identity of that root. Inode numbers derive from files on its device.
+    fn root_id(&self) -> Option<FileId> {
+        self.root_mark().map(|m| m.id)
+    }
     /// Attributes of the file at `path`, not following a final symlink.
     fn stat(&self, path: &Path) -> Result<Attr>;
     /// Change attributes by path (through a handle, see [`OpenFile::setattr`]).

@@ -63,7 +63,7 @@ pub fn check(settings: &Settings) -> Vec<VolumeReport> {
                 Ok(())
             });
             let policy = settings.health.with(&v.health);
-            let probes = crate::probe::build(v, &policy, &client);
+            let probes = crate::probe::build(v, &policy, &client, None);
             let (verdict, answers) =
                 runtime.block_on(crate::monitor::probe_once(&probes, policy.timeout));
             let (usable, reason) = match (&opened, &verdict) {

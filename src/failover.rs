@@ -21,6 +21,11 @@
 //!   (`entry_ttl`), except names that were extra hard links, which are invalidated at once.
 //! - **Record.** Every switch (or failed or refused attempt) leaves one [`AuditEntry`] and one
 //!   log line.
+//! - **Let go of the old volume.** After a switch, every open file on another volume is closed
+//!   (its handle re-opens on next use), and a volume left because it was deleted or remounted is
+//!   closed too (re-opened if an operator switches back): nothing of ours keeps a dead mount
+//!   busy. A remounted root is served again through the same steps, as a switch from the volume
+//!   to a fresh opening of itself.
 
 use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
@@ -32,6 +37,7 @@ use tokio::time::Instant;
 
 use crate::config::{FailoverSettings, OnDelete};
 use crate::monitor::Health;
+use crate::probe::dir::RootWatch;
 use crate::routing::{Route, Router, Volume};
 use crate::vfs::Vfs;
 
@@ -54,6 +60,12 @@ pub enum Trigger {
         /// The deletion is a pending one (CubeFS delayed mode).
         pending: bool,
     },
+    /// The active volume's root was found remounted (or replaced by the same volume): serve a
+    /// fresh opening of it.
+    Remounted {
+        /// The volume's index.
+        index: usize,
+    },
     /// An operator (or a test) asked; `target` names the volume, or the next healthy one.
     Manual {
         /// Volume index to switch to.
@@ -70,6 +82,7 @@ impl Trigger {
             Trigger::Deleted { pending: true, .. } => {
                 "deletion pending (on_pending_delete = failover)".into()
             }
+            Trigger::Remounted { .. } => "volume root remounted: re-opened".into(),
             Trigger::Manual { reason, .. } => format!("manual: {reason}"),
         }
     }
@@ -77,7 +90,7 @@ impl Trigger {
     fn evidence(&self) -> String {
         match self {
             Trigger::Deleted { evidence, .. } => evidence.clone(),
-            Trigger::Manual { .. } => "-".into(),
+            Trigger::Remounted { .. } | Trigger::Manual { .. } => "-".into(),
         }
     }
 }
@@ -126,6 +139,8 @@ pub struct AuditEntry {
     pub retried: u64,
     /// Open handles whose file is missing on the new volume.
     pub stale_handles: u64,
+    /// Files of the old volume closed after the swap (their handles re-open on next use).
+    pub released: u64,
     /// Inodes and names whose kernel caches were invalidated.
     pub invalidated: u64,
     /// Wall-clock time the switch started.
@@ -142,11 +157,16 @@ pub struct AuditEntry {
     pub outcome: Outcome,
 }
 
+/// Opens volume `index` of the table afresh (blocking). Given by the code that opened the table.
+pub type Opener = dyn Fn(usize) -> Result<Arc<Volume>, String> + Send + Sync;
+
 /// The controller; see the module docs.
 pub struct Controller {
     router: Arc<Router>,
     vfs: Arc<Vfs>,
     volumes: Vec<Option<Arc<Volume>>>,
+    opener: Option<Arc<Opener>>,
+    watches: Vec<Option<Arc<RootWatch>>>,
     settings: FailoverSettings,
     cache: Option<Arc<dyn KernelCache>>,
     audit: Arc<Mutex<Vec<AuditEntry>>>,
@@ -179,9 +199,61 @@ impl Controller {
             router,
             vfs,
             volumes,
+            opener: None,
+            watches: Vec::new(),
             settings,
             cache,
             audit: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Re-open volumes through `opener` (a remounted root, a switch back to a volume that was
+    /// closed), and keep each volume's served root in `watches` (table order, `None` for volumes
+    /// without a root to watch).
+    pub fn with_reopening(
+        mut self,
+        opener: Arc<Opener>,
+        watches: Vec<Option<Arc<RootWatch>>>,
+    ) -> Controller {
+        self.opener = Some(opener);
+        self.watches = watches;
+        self
+    }
+
+    /// Volume `index` freshly opened, off the async runtime and bounded by `drain_timeout`.
+    async fn open_fresh(&self, index: usize) -> Option<Arc<Volume>> {
+        let opener = self.opener.clone()?;
+        let opening = tokio::task::spawn_blocking(move || opener(index));
+        let failed = match tokio::time::timeout(self.settings.drain_timeout, opening).await {
+            Ok(Ok(Ok(v))) => return Some(v),
+            Ok(Ok(Err(e))) => e,
+            _ => "not finished in time".into(),
+        };
+        tracing::warn!(index, error = %failed, "cannot re-open the volume");
+        if let Some(Some(w)) = self.watches.get(index) {
+            w.retry();
+        }
+        None
+    }
+
+    /// Volume `index` as it is now open, or `None` (nothing to compare) when it is closed.
+    fn set_volume(&mut self, index: usize, volume: Option<Arc<Volume>>) {
+        if let Some(Some(w)) = self.watches.get(index) {
+            w.serve(volume.as_ref().and_then(|v| v.backend.root_mark()));
+        }
+        if let Some(slot) = self.volumes.get_mut(index) {
+            *slot = volume;
+        }
+    }
+
+    /// A standby's root was found remounted: open it afresh (the route is not touched).
+    pub async fn refresh_standby(&mut self, index: usize) {
+        if index == self.router.current().volume().index {
+            return;
+        }
+        if let Some(v) = self.open_fresh(index).await {
+            tracing::info!(volume = %v.name, backend = %v.backend.describe(), "standby volume root remounted: re-opened");
+            self.set_volume(index, Some(v));
         }
     }
 
@@ -198,7 +270,7 @@ impl Controller {
     /// Switch away from the current route. `healths` are the monitor's states in table order;
     /// `forced` resolves when a forced stop is requested (then the drain is abandoned).
     pub async fn switch(
-        &self,
+        &mut self,
         trigger: Trigger,
         healths: &[Health],
         forced: impl std::future::Future<Output = ()>,
@@ -209,7 +281,9 @@ impl Controller {
         if let Trigger::Manual {
             target: Some(t), ..
         } = &trigger
-            && (*t == old.volume().index || self.volumes.get(*t).is_none_or(|v| v.is_none()))
+            && (*t == old.volume().index
+                || self.volumes.get(*t).is_none()
+                || (self.volumes[*t].is_none() && self.opener.is_none()))
         {
             let now = SystemTime::now();
             self.record(AuditEntry {
@@ -227,6 +301,7 @@ impl Controller {
                 queued: 0,
                 retried: 0,
                 stale_handles: 0,
+                released: 0,
                 invalidated: 0,
                 started_at: now,
                 drain: Duration::ZERO,
@@ -268,6 +343,7 @@ impl Controller {
             queued: 0,
             retried: 0,
             stale_handles: 0,
+            released: 0,
             invalidated: 0,
             started_at,
             drain,
@@ -280,17 +356,22 @@ impl Controller {
             self.record(entry);
             return Outcome::Interrupted;
         }
-        let target = match &trigger {
+        let volume = match &trigger {
+            Trigger::Remounted { index } => self.open_fresh(*index).await,
             Trigger::Manual {
                 target: Some(t), ..
-            } => Some(*t),
+            } => match self.volumes.get(*t).cloned().flatten() {
+                Some(v) => Some(v),
+                None => self.open_fresh(*t).await,
+            },
             Trigger::Deleted { .. } if self.settings.on_delete == OnDelete::Exit => {
                 entry.reason.push_str(" (on_delete = exit)");
                 None
             }
-            _ => pick(old.volume().index, healths, &self.volumes),
+            _ => pick(old.volume().index, healths, &self.volumes)
+                .and_then(|t| self.volumes.get(t).cloned().flatten()),
         };
-        let Some(volume) = target.and_then(|t| self.volumes.get(t).cloned().flatten()) else {
+        let Some(volume) = volume else {
             entry.outcome = Outcome::NoTarget;
             entry.queued = self.router.queued_total().saturating_sub(queued0);
             self.record(entry);
@@ -334,11 +415,22 @@ impl Controller {
         entry.invalidate = t1.elapsed();
         let vfs = self.vfs.clone();
         let v = volume.clone();
-        let stale = tokio::task::spawn_blocking(move || vfs.handles_missing_on(&v));
-        entry.stale_handles = match tokio::time::timeout(limit, stale).await {
+        let stale = tokio::task::spawn_blocking(move || {
+            let released = vfs.handles().release_unless_on(v.serial());
+            (released, vfs.handles_missing_on(&v))
+        });
+        (entry.released, entry.stale_handles) = match tokio::time::timeout(limit, stale).await {
             Ok(Ok(n)) => n,
-            _ => 0,
+            _ => (0, 0),
         };
+        // The volume now serving is recorded; one left because it is gone (or was re-opened) is
+        // closed, so its mount can be unmounted.
+        let from = old.volume().index;
+        drop(old);
+        if from != volume.index && matches!(trigger, Trigger::Deleted { .. }) {
+            self.set_volume(from, None);
+        }
+        self.set_volume(volume.index, Some(volume.clone()));
         entry.queued = self.router.queued_total().saturating_sub(queued0);
         entry.retried = self.vfs.retried_total().saturating_sub(retried0);
         let outcome = entry.outcome;
@@ -404,6 +496,7 @@ impl Controller {
                 queued = e.queued,
                 retried = e.retried,
                 stale_handles = e.stale_handles,
+                released = e.released,
                 invalidated = e.invalidated,
                 drain_ms = ms(e.drain),
                 swap_ms = ms(e.swap),
@@ -458,14 +551,14 @@ mod tests {
                 std::fs::write(dir.join("f"), format!("volume {i}")).unwrap();
                 let f = Faults::new();
                 faults.push(f.clone());
-                Some(Arc::new(Volume {
-                    index: i,
-                    name: format!("v{i}"),
-                    backend: Arc::new(FaultyBackend::new(
+                Some(Arc::new(Volume::new(
+                    i,
+                    format!("v{i}"),
+                    Arc::new(FaultyBackend::new(
                         Arc::new(DirBackend::open(&dir).unwrap()),
                         f,
                     )),
-                }))
+                )))
             })
             .collect();
         let router = Arc::new(Router::new(
@@ -548,7 +641,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn swap_serves_the_standby_with_the_same_inodes() {
-        let s = setup(2, Duration::from_secs(2));
+        let mut s = setup(2, Duration::from_secs(2));
         let vfs = s.vfs.clone();
         let before = tokio::task::spawn_blocking(move || {
             let e = vfs.lookup(1, OsStr::new("f")).unwrap();
@@ -585,7 +678,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_hung_operation_does_not_hold_the_switch() {
-        let s = setup(2, Duration::from_secs(2));
+        let mut s = setup(2, Duration::from_secs(2));
         let hung = hang_a_lookup(&s).await;
         assert_eq!(s.router.current().gate().in_flight(), 1);
         let t = Instant::now();
@@ -608,7 +701,7 @@ mod tests {
     /// to the standby, and make the hung call fail with EIO once the switch has started (it is
     /// in flight when the gate closes). Returns what `op` returned.
     async fn op_failing_during_a_switch<T: Send + 'static>(
-        s: &Setup,
+        s: &mut Setup,
         flags: i32,
         op: impl FnOnce(&Vfs, u64) -> T + Send + 'static,
     ) -> T {
@@ -639,8 +732,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_idempotent_operation_is_retried_on_the_new_route() {
-        let s = setup(2, Duration::from_secs(2));
-        let read = op_failing_during_a_switch(&s, libc::O_RDONLY, |vfs, fh| {
+        let mut s = setup(2, Duration::from_secs(2));
+        let read = op_failing_during_a_switch(&mut s, libc::O_RDONLY, |vfs, fh| {
             let mut buf = vec![0u8; 64];
             vfs.read(fh, 0, &mut buf).map(|n| buf[..n].to_vec())
         })
@@ -651,12 +744,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_append_write_is_never_retried_on_the_new_route() {
-        let s = setup(2, Duration::from_secs(2));
+        let mut s = setup(2, Duration::from_secs(2));
         // The append may have landed on the dying volume: running it again on the standby could
         // append it twice.
         let flags = libc::O_WRONLY | libc::O_APPEND;
         let written =
-            op_failing_during_a_switch(&s, flags, |vfs, fh| vfs.write(fh, 8, b"+tail")).await;
+            op_failing_during_a_switch(&mut s, flags, |vfs, fh| vfs.write(fh, 8, b"+tail")).await;
         assert_eq!(written.unwrap_err().errno(), libc::EIO);
         assert_eq!(s.vfs.retried_total(), 0);
         let standby = std::fs::read(s._tmp.path().join("v1/f")).unwrap();
@@ -665,7 +758,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn no_target_keeps_the_gate_closed() {
-        let s = setup(2, Duration::from_millis(500));
+        let mut s = setup(2, Duration::from_millis(500));
         let mut h = healthy(2);
         h[1] = Health::Unknown;
         let out = s
@@ -679,7 +772,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_forced_stop_interrupts_the_drain() {
-        let s = setup(2, Duration::from_secs(30));
+        let mut s = setup(2, Duration::from_secs(30));
         let hung = hang_a_lookup(&s).await;
         let forced = tokio::time::sleep(Duration::from_secs(1));
         let out = s.controller.switch(deleted(), &healthy(2), forced).await;
@@ -690,7 +783,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_manual_switch_to_nowhere_is_refused_without_closing_the_gate() {
-        let s = setup(2, Duration::from_secs(2));
+        let mut s = setup(2, Duration::from_secs(2));
         for target in [0, 7] {
             let manual = Trigger::Manual {
                 target: Some(target),

@@ -32,8 +32,9 @@ const SHARDS: usize = 64;
 pub struct Epoch {
     /// Route generation.
     pub generation: u64,
-    /// Index of the route's volume in the table.
-    pub volume: usize,
+    /// The route's volume: its serial ([`crate::routing::Volume::serial`]), which a volume
+    /// re-opened after a remount does not share with its earlier incarnation.
+    pub volume: u64,
 }
 
 /// An open regular file.
@@ -49,6 +50,11 @@ enum Binding {
     Open {
         epoch: Epoch,
         file: Arc<dyn OpenFile>,
+    },
+    /// The file was closed after the route switched away from its volume (so that nothing keeps
+    /// a dead volume's mount busy); the next operation on a newer route re-opens it.
+    Released {
+        epoch: Epoch,
     },
     Stale,
 }
@@ -85,6 +91,13 @@ impl Binding {
                     Check::Use(file.clone())
                 } else {
                     Check::Reopen
+                }
+            }
+            Binding::Released { epoch } => {
+                if epoch.generation < at.generation {
+                    Check::Reopen
+                } else {
+                    Check::Fail(Error::unavailable(libc::EIO))
                 }
             }
         }
@@ -136,7 +149,7 @@ impl FileHandle {
     /// The generation the handle is bound to, or `None` when it is stale.
     pub fn generation(&self) -> Option<u64> {
         match &*self.bound.lock() {
-            Binding::Open { epoch, .. } => Some(epoch.generation),
+            Binding::Open { epoch, .. } | Binding::Released { epoch } => Some(epoch.generation),
             Binding::Stale => None,
         }
     }
@@ -145,7 +158,21 @@ impl FileHandle {
     fn current(&self) -> Option<(Epoch, Arc<dyn OpenFile>)> {
         match &*self.bound.lock() {
             Binding::Open { epoch, file } => Some((*epoch, file.clone())),
-            Binding::Stale => None,
+            Binding::Released { .. } | Binding::Stale => None,
+        }
+    }
+
+    /// Close the file if it belongs to another volume than `serial`; true when it did.
+    fn release_unless_on(&self, serial: u64) -> bool {
+        let mut b = self.bound.lock();
+        match &*b {
+            Binding::Open { epoch, .. } if epoch.volume != serial => {
+                let epoch = *epoch;
+                // The file itself closes when the last operation still using it lets go.
+                *b = Binding::Released { epoch };
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -306,6 +333,21 @@ impl HandleTable {
         }
     }
 
+    /// Close every open file that belongs to another volume than the one with `serial` (after
+    /// a switch: nothing may keep the old volume's mount busy). Each handle re-opens on its next
+    /// use, as it would have anyway. Returns how many files were closed.
+    pub fn release_unless_on(&self, serial: u64) -> u64 {
+        let mut closed = 0;
+        for shard in self.shards.iter() {
+            for h in shard.read().values() {
+                if let Handle::File(f) = &**h {
+                    closed += f.release_unless_on(serial) as u64;
+                }
+            }
+        }
+        closed
+    }
+
     /// Number of open handles.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().len()).sum()
@@ -361,5 +403,19 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.errno(), libc::ESTALE);
+
+        // After a switch, files on other volumes are closed (the stale one has none)...
+        let fh = table.open_file(2, libc::O_RDONLY, at(6, 7), open().unwrap());
+        assert_eq!(table.release_unless_on(7), 0);
+        assert_eq!(table.release_unless_on(8), 1);
+        assert_eq!(table.release_unless_on(8), 0);
+        let h = table.file(fh).unwrap();
+        let Handle::File(h) = &*h else { panic!() };
+        // ...an operation still on the old route gets nothing, and the next route re-opens,
+        // even over the same volume (a switch back).
+        assert!(h.file(at(6, 7), libc::ESTALE, || unreachable!()).is_err());
+        let reopened = h.file(at(7, 7), libc::ESTALE, || Ok(Reopen::Opened(open()?)));
+        assert!(reopened.is_ok());
+        assert_eq!(h.generation(), Some(7));
     }
 }

@@ -245,16 +245,26 @@ pub fn combine(answers: &[(Authority, Verdict)]) -> Verdict {
 }
 
 /// Build the probes a volume's settings ask for (the backend's default when none is given);
-/// `health` is the volume's effective policy.
+/// `health` is the volume's effective policy. `watch` is the served root of a `dir` backend
+/// (`None` where nothing is served, as in `check`): a volume with such a root and no `dir`
+/// probe of its own gets a root-only one (see [`dir`]).
 pub fn build(
     volume: &VolumeSettings,
     health: &HealthSettings,
     client: &reqwest::Client,
+    watch: Option<Arc<dir::RootWatch>>,
 ) -> Vec<Arc<dyn Probe>> {
     let configured: Vec<&ProbeSettings> = volume.probe.iter().chain(volume.probes.iter()).collect();
     if configured.is_empty() {
-        return vec![default_for(&volume.backend)];
+        return vec![default_for(&volume.backend, watch)];
     }
+    let has_dir = configured
+        .iter()
+        .any(|p| matches!(p, ProbeSettings::Dir(_)));
+    let root_only = watch
+        .clone()
+        .filter(|_| !has_dir)
+        .map(|w| Arc::new(dir::DirProbe::root_only(w)) as Arc<dyn Probe>);
     configured
         .into_iter()
         .map(|p| -> Arc<dyn Probe> {
@@ -267,15 +277,20 @@ pub fn build(
                 )),
                 ProbeSettings::S3(c) => Arc::new(s3::S3Probe::new(c, &volume.name, client.clone())),
                 ProbeSettings::Http(c) => Arc::new(http::HttpProbe::new(c, client.clone())),
-                ProbeSettings::Dir(c) => Arc::new(dir::DirProbe::new(c, &volume.backend)),
+                ProbeSettings::Dir(c) => {
+                    Arc::new(dir::DirProbe::new(c, &volume.backend, watch.clone()))
+                }
             }
         })
+        .chain(root_only)
         .collect()
 }
 
-fn default_for(backend: &BackendSettings) -> Arc<dyn Probe> {
+fn default_for(backend: &BackendSettings, watch: Option<Arc<dir::RootWatch>>) -> Arc<dyn Probe> {
     match backend {
-        BackendSettings::Dir { .. } => Arc::new(dir::DirProbe::new(&Default::default(), backend)),
+        BackendSettings::Dir { .. } => {
+            Arc::new(dir::DirProbe::new(&Default::default(), backend, watch))
+        }
     }
 }
 

@@ -36,6 +36,27 @@ pub struct Volume {
     pub name: String,
     /// Where the data lives.
     pub backend: Arc<dyn Backend>,
+    serial: u64,
+}
+
+impl Volume {
+    /// Volume `index` of the table, named `name`, served by `backend` (freshly opened: every
+    /// `Volume` gets its own serial number, so a volume re-opened after a remount is told apart
+    /// from its earlier incarnation).
+    pub fn new(index: usize, name: impl Into<String>, backend: Arc<dyn Backend>) -> Volume {
+        static SERIAL: AtomicU64 = AtomicU64::new(1);
+        Volume {
+            index,
+            name: name.into(),
+            backend,
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// This incarnation of the volume: unique per opened backend within the process.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
 }
 
 impl std::fmt::Debug for Volume {
@@ -348,11 +369,11 @@ mod tests {
     use crate::backend::dir::DirBackend;
 
     fn volume(index: usize) -> Arc<Volume> {
-        Arc::new(Volume {
+        Arc::new(Volume::new(
             index,
-            name: format!("v{index}"),
-            backend: Arc::new(DirBackend::open(std::path::Path::new("/")).unwrap()),
-        })
+            format!("v{index}"),
+            Arc::new(DirBackend::open(std::path::Path::new("/")).unwrap()),
+        ))
     }
 
     #[test]

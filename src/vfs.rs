@@ -725,7 +725,7 @@ impl Vfs {
 fn epoch(t: &Ticket) -> Epoch {
     Epoch {
         generation: t.generation(),
-        volume: t.volume().index,
+        volume: t.volume().serial(),
     }
 }
 
@@ -758,14 +758,14 @@ mod tests {
         std::fs::write(tmp.path().join("a"), b"").unwrap();
         std::fs::write(tmp.path().join("zz"), b"").unwrap();
         let faults = Faults::new();
-        let volume = Arc::new(Volume {
-            index: 0,
-            name: "v".into(),
-            backend: Arc::new(FaultyBackend::new(
+        let volume = Arc::new(Volume::new(
+            0,
+            "v",
+            Arc::new(FaultyBackend::new(
                 Arc::new(DirBackend::open(tmp.path()).unwrap()),
                 faults.clone(),
             )),
-        });
+        ));
         let router = Arc::new(Router::new(
             Route::serving(1, volume),
             WaitPolicy::default(),

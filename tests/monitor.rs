@@ -141,6 +141,7 @@ fn standbys_are_probed_less_often() {
                 probes: vec![Arc::new(failoverfs::probe::dir::DirProbe::new(
                     &DirProbeSettings::default(),
                     &BackendSettings::Dir { path },
+                    None,
                 ))],
                 policy: fast_policy(),
             }

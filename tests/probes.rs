@@ -348,7 +348,7 @@ fn dir_probe_require_mountpoint_on_a_real_tmpfs() {
         ..Default::default()
     };
     let backend = BackendSettings::Dir { path: root.clone() };
-    let p = DirProbe::new(&settings, &backend);
+    let p = DirProbe::new(&settings, &backend, None);
     // Not mounted: the empty directory is not the volume.
     assert!(matches!(rt.block_on(p.check()), Verdict::Deleted(_)));
     nix::mount::mount(
@@ -395,6 +395,7 @@ fn dir_probe_on_a_hung_filesystem_is_transient_and_never_blocks_the_runtime() {
         &BackendSettings::Dir {
             path: fx.path("vol"),
         },
+        None,
     );
     // Drop the kernel's cached attributes so the stat reaches the daemon.
     std::fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();

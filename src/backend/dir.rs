@@ -28,7 +28,7 @@ use nix::unistd::{Gid, Uid, fchownat, linkat, symlinkat, unlinkat};
 
 use super::identity::{self, as_caller};
 use super::{
-    Attr, Backend, Caller, DirEntry, FileId, FileKind, OpenFile, SetAttr, SetTime, StatFs,
+    Attr, Backend, Caller, DirEntry, FileKind, OpenFile, RootMark, SetAttr, SetTime, StatFs,
 };
 use crate::error::{Error, Result};
 
@@ -41,7 +41,7 @@ const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_BENEATH
 pub struct DirBackend {
     root_path: PathBuf,
     root: OwnedFd,
-    root_id: FileId,
+    root_mark: RootMark,
 }
 
 /// A directory descriptor: the root itself, or one opened beneath it.
@@ -67,13 +67,11 @@ impl DirBackend {
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
-        let root_id = statx_attr(root.as_fd(), OsStr::new(""))
-            .map_err(std::io::Error::from)?
-            .id;
+        let root_mark = mark_at(root.as_fd(), OsStr::new(""))?;
         Ok(DirBackend {
             root_path: path.to_path_buf(),
             root,
-            root_id,
+            root_mark,
         })
     }
 
@@ -182,8 +180,8 @@ impl Backend for DirBackend {
         format!("dir:{}", self.root_path.display())
     }
 
-    fn root_id(&self) -> Option<FileId> {
-        Some(self.root_id)
+    fn root_mark(&self) -> Option<RootMark> {
+        Some(self.root_mark)
     }
 
     fn stat(&self, path: &Path) -> Result<Attr> {
@@ -720,29 +718,50 @@ fn timespec(t: SystemTime) -> TimeSpec {
 
 /// Attributes of `name` in `dir`, or of `dir` itself when `name` is empty, never following a
 /// final symlink. `statx(2)` rather than `fstatat(2)`: it also reports the birth time, which
-/// tells a file from another one that reused its inode number (see [`FileId`]).
+/// tells a file from another one that reused its inode number (see [`super::FileId`]).
 pub(crate) fn statx_attr(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Attr> {
-    let mut flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT;
+    let flags = libc::AT_SYMLINK_NOFOLLOW;
+    let stx = statx(
+        dir,
+        name,
+        flags,
+        libc::STATX_BASIC_STATS | libc::STATX_BTIME,
+    )?;
+    Ok(attr_from_statx(&stx))
+}
+
+/// The [`RootMark`] of `name` in `dir` (of `dir` itself when `name` is empty), following
+/// symlinks as opening a volume root by its configured path does.
+pub fn mark_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<RootMark> {
+    let mask = libc::STATX_BASIC_STATS | libc::STATX_BTIME | libc::STATX_MNT_ID;
+    let stx = statx(dir, name, 0, mask).map_err(std::io::Error::from)?;
+    Ok(RootMark {
+        id: attr_from_statx(&stx).id,
+        mount: stx.stx_mnt_id,
+    })
+}
+
+/// The [`RootMark`] of the directory at `path`.
+pub fn mark_of(path: &Path) -> std::io::Result<RootMark> {
+    // SAFETY: AT_FDCWD is a valid directory descriptor for the *at calls.
+    let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
+    mark_at(cwd, path.as_os_str())
+}
+
+/// `statx(2)` of `name` in `dir` (of `dir` itself when `name` is empty).
+fn statx(dir: BorrowedFd<'_>, name: &OsStr, mut flags: i32, mask: u32) -> Result<libc::statx> {
+    flags |= libc::AT_STATX_SYNC_AS_STAT;
     if name.is_empty() {
         flags |= libc::AT_EMPTY_PATH;
     }
     let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
     let rc = nix::NixPath::with_nix_path(name, |c| {
         // SAFETY: `c` is NUL-terminated and `stx` points to writable memory of the right size.
-        unsafe {
-            libc::statx(
-                dir.as_raw_fd(),
-                c.as_ptr(),
-                flags,
-                libc::STATX_BASIC_STATS | libc::STATX_BTIME,
-                stx.as_mut_ptr(),
-            )
-        }
+        unsafe { libc::statx(dir.as_raw_fd(), c.as_ptr(), flags, mask, stx.as_mut_ptr()) }
     })?;
     errno_result(rc as isize)?;
     // SAFETY: statx succeeded and filled the structure (it was zeroed before, too).
-    let stx = unsafe { stx.assume_init() };
-    Ok(attr_from_statx(&stx))
+    Ok(unsafe { stx.assume_init() })
 }
 
 /// Convert a `statx` result.
@@ -771,7 +790,7 @@ pub(crate) fn attr_from_statx(st: &libc::statx) -> Attr {
         atime: time(&st.stx_atime),
         mtime: time(&st.stx_mtime),
         ctime: time(&st.stx_ctime),
-        id: FileId {
+        id: super::FileId {
             dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor),
             ino: st.stx_ino,
             birth,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Attr, Backend, Caller, DirEntry, FileId, OpenFile, SetAttr, StatFs};
+use super::{Attr, Backend, Caller, DirEntry, OpenFile, RootMark, SetAttr, StatFs};
 use crate::error::{Error, Result};
 
 /// What happens to a matching operation.
@@ -224,8 +224,8 @@ impl Backend for FaultyBackend {
     fn describe(&self) -> String {
         format!("faulty({})", self.inner.describe())
     }
-    fn root_id(&self) -> Option<FileId> {
-        self.inner.root_id()
+    fn root_mark(&self) -> Option<RootMark> {
+        self.inner.root_mark()
     }
     fn stat(&self, path: &Path) -> Result<Attr> {
         self.faults.check(path)?;

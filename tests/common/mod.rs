@@ -204,11 +204,27 @@ impl BinMount {
         mnt: &Path,
     ) -> BinMount {
         let stderr_path = layout.dir.path().join("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut m = BinMount {
+            child: None,
+            layout,
+            stderr_path,
+            mnt: mnt.to_path_buf(),
+        };
+        m.spawn(extra_args, envs);
+        m
+    }
+
+    /// Start the process (again) and wait until the mount answers.
+    fn spawn(&mut self, extra_args: &[&str], envs: &[(&str, &str)]) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .expect("stderr file");
         let child = bin()
             .arg("mount")
             .arg("--config")
-            .arg(&layout.config)
+            .arg(&self.layout.config)
             .args(extra_args)
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
@@ -216,31 +232,38 @@ impl BinMount {
             .stderr(stderr)
             .spawn()
             .expect("spawn failoverfs");
-        let mut m = BinMount {
-            child: Some(child),
-            layout,
-            stderr_path,
-            mnt: mnt.to_path_buf(),
-        };
+        self.child = Some(child);
+        let mnt = self.mnt.clone();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !is_mounted(mnt) {
-            if let Some(status) = m.try_wait() {
-                panic!("failoverfs exited early ({status}): {}", m.stderr());
+        while !is_mounted(&mnt) {
+            if let Some(status) = self.try_wait() {
+                panic!("failoverfs exited early ({status}): {}", self.stderr());
             }
             assert!(
                 Instant::now() < deadline,
                 "mount never came up: {}",
-                m.stderr()
+                self.stderr()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
         // Listed in mountinfo is not yet serving: the FUSE handshake may still be under way.
         // A statfs through the mount is answered by the daemon only after it.
         wait_until(Duration::from_secs(20), "the mount answers", || {
-            nix::sys::statfs::statfs(mnt)
+            nix::sys::statfs::statfs(&mnt)
                 .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC)
         });
-        m
+    }
+
+    /// Stop with SIGTERM and start again with `extra_args`, as a client restart does.
+    pub fn restart(&mut self, extra_args: &[&str]) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(
+            self.wait(Duration::from_secs(20)),
+            Some(0),
+            "{}",
+            self.stderr()
+        );
+        self.spawn(extra_args, &[]);
     }
 
     pub fn pid(&self) -> i32 {

@@ -1,0 +1,218 @@
+//! The directory a `dir` volume serves is checked against its configured path on every probe
+//! round: a root moved away, replaced or unmounted is never served as if nothing happened, a
+//! remounted root (a client restart) is re-opened, and a volume switched away from is let go of,
+//! so that its mount can be unmounted.
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use failoverfs::failover::Outcome;
+use nix::mount::{MntFlags, MsFlags};
+
+/// Fast probes; weak evidence (a detached root) confirmed in `weak_window`.
+fn health(weak_window: &str) -> String {
+    format!(
+        "{FAST_HEALTH}weak_confirmations = 3\nweak_confirm_window = \"{weak_window}\"\n\n\
+         [failover]\ndrain_timeout = \"2s\"\n"
+    )
+}
+
+/// Every volume gets `f` holding its own name.
+fn populate(layout: &Layout) {
+    for (i, v) in layout.vols.iter().enumerate() {
+        fs::write(v.join("f"), format!("v{i}")).unwrap();
+    }
+}
+
+/// The first switch, once it is recorded.
+fn first_switch(fx: &Fixture) -> failoverfs::failover::AuditEntry {
+    wait_until(Duration::from_secs(30), "a switch", || {
+        !fx.app().audit().is_empty()
+    });
+    fx.app().audit().remove(0)
+}
+
+/// Descriptors of this process (the daemon runs in it) on files below `dir`.
+fn descriptors_below(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                .filter(|target| target.starts_with(dir))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A tmpfs mounted for a test; lazily unmounted when dropped if still there.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> Tmpfs {
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=16m"),
+        )
+        .expect("mount tmpfs");
+        Tmpfs(at.to_path_buf())
+    }
+
+    fn mounted(&self) -> bool {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(self.0.to_str().unwrap_or("")))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        while self.mounted() {
+            if nix::mount::umount2(&self.0, MntFlags::MNT_DETACH).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_root_replaced_on_its_path_is_never_served() {
+    let layout = Layout::new(2, "", &health("300ms"));
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    let held = fs::File::open(fx.path("f")).unwrap();
+    let mut buf = [0u8; 2];
+    held.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"v0");
+
+    // The volume is moved away and an empty directory takes its place.
+    let old = fx.layout.dir.path().join("v0.old");
+    fs::rename(&fx.layout.vols[0], &old).unwrap();
+    fs::create_dir(&fx.layout.vols[0]).unwrap();
+
+    let a = first_switch(&fx);
+    assert!(matches!(a.outcome, Outcome::Swapped { .. }), "{a:?}");
+    assert_eq!(a.to.as_deref(), Some("v1"));
+    assert!(a.evidence.contains("no longer at"), "{}", a.evidence);
+    // Nothing lands in the detached root or in the empty directory.
+    fs::write(fx.path("new"), b"after").unwrap();
+    assert_eq!(fs::read(fx.vol(1, "new")).unwrap(), b"after");
+    assert!(!old.join("new").exists());
+    assert!(!fx.vol(0, "new").exists());
+    // The open handle continues on the standby, and nothing holds the old root any more.
+    held.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"v1");
+    wait_until(Duration::from_secs(10), "the old root let go of", || {
+        descriptors_below(&old).is_empty()
+    });
+}
+
+#[test]
+fn a_lazily_unmounted_volume_is_not_served() {
+    let layout = Layout::new(2, "", &health("300ms"));
+    let tmpfs = Tmpfs::mount(&layout.vols[0]);
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    assert_eq!(fs::read(fx.path("f")).unwrap(), b"v0");
+
+    nix::mount::umount2(&tmpfs.0, MntFlags::MNT_DETACH).unwrap();
+
+    let a = first_switch(&fx);
+    assert_eq!(a.to.as_deref(), Some("v1"), "{a:?}");
+    fs::write(fx.path("after"), b"kept").unwrap();
+    assert_eq!(fs::read(fx.vol(1, "after")).unwrap(), b"kept");
+    assert!(!fx.vol(0, "after").exists());
+}
+
+#[test]
+fn a_volume_switched_away_from_can_be_unmounted() {
+    let layout = Layout::with_volumes(2, "", &health("300ms"), |i| {
+        if i == 0 {
+            "probe = { kind = \"dir\", marker = \".volume\" }".into()
+        } else {
+            String::new()
+        }
+    });
+    let tmpfs = Tmpfs::mount(&layout.vols[0]);
+    populate(&layout);
+    fs::write(layout.vols[0].join(".volume"), b"").unwrap();
+    let fx = Fixture::mount(layout);
+    // An application keeps files open, one of them written.
+    let reader = fs::File::open(fx.path("f")).unwrap();
+    let writer = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(fx.path("w"))
+        .unwrap();
+    writer.write_all_at(b"x", 0).unwrap();
+
+    fs::remove_file(fx.vol(0, ".volume")).unwrap();
+    let a = first_switch(&fx);
+    assert_eq!(a.to.as_deref(), Some("v1"), "{a:?}");
+    // The operator can now unmount the old volume's filesystem: a plain unmount, which fails
+    // with EBUSY while anything holds a file or directory on it.
+    wait_until(Duration::from_secs(10), "a plain unmount succeeds", || {
+        nix::mount::umount2(&tmpfs.0, MntFlags::empty()).is_ok()
+    });
+    assert!(!tmpfs.mounted());
+    let mut buf = [0u8; 2];
+    reader.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"v1");
+    drop(writer);
+}
+
+#[test]
+fn a_client_restart_under_a_dir_volume_is_followed() {
+    // The volume is itself a FUSE mount (another failoverfs standing in for cfs-client).
+    let inner_layout = Layout::new(1, "", "");
+    fs::write(inner_layout.vols[0].join("f"), b"data").unwrap();
+    let mut inner = BinMount::start(inner_layout, &[]);
+    let store = inner.layout.vols[0].clone();
+
+    let mut layout = Layout::new(1, "", &health("60s"));
+    let config = fs::read_to_string(&layout.config).unwrap();
+    let config = config.replace(
+        &format!("\"{}\"", layout.vols[0].display()),
+        &format!("\"{}\"", inner.mnt.display()),
+    );
+    fs::write(&layout.config, config).unwrap();
+    layout.vols[0] = inner.mnt.clone();
+    let fx = Fixture::mount(layout);
+    let held = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(fx.path("f"))
+        .unwrap();
+    let mut buf = [0u8; 4];
+    held.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"data");
+
+    inner.restart(&[]);
+
+    wait_until(Duration::from_secs(30), "the root re-opened", || {
+        fx.app()
+            .audit()
+            .iter()
+            .any(|a| a.reason.contains("remounted") && matches!(a.outcome, Outcome::Swapped { .. }))
+    });
+    // The open file goes on, on the new mount; nothing was switched or confirmed deleted.
+    held.write_all_at(b"DATA", 0).unwrap();
+    held.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"DATA");
+    assert_eq!(fs::read(store.join("f")).unwrap(), b"DATA");
+    assert_eq!(fs::read(fx.path("f")).unwrap(), b"DATA");
+    assert!(
+        fx.app().monitor().states()[0].health.usable(),
+        "{:?}",
+        fx.app().monitor().states()[0].health
+    );
+    drop(held);
+    drop(fx);
+}
