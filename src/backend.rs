@@ -145,12 +145,24 @@ pub struct SetAttr {
     pub atime: Option<SetTime>,
     /// New modification time.
     pub mtime: Option<SetTime>,
+    /// Who asks. A change of size or owner by an unprivileged caller drops the file's set-ID
+    /// bits as the volume would for that caller's own call (see [`OpenFile::write_as`]).
+    pub by: Option<Caller>,
 }
 
 impl SetAttr {
     /// Whether the request changes nothing (a `setattr` that only asks for attributes).
     pub fn is_empty(&self) -> bool {
-        *self == SetAttr::default()
+        *self
+            == SetAttr {
+                by: self.by,
+                ..SetAttr::default()
+            }
+    }
+
+    /// Whether the request may drop set-ID bits (a change of size or owner).
+    pub fn kills_privileges(&self) -> bool {
+        self.size.is_some() || self.uid.is_some() || self.gid.is_some()
     }
 }
 
@@ -215,6 +227,13 @@ pub trait OpenFile: Send + Sync + 'static {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize>;
     /// Write `data` at `offset`; returns the bytes written.
     fn write_at(&self, data: &[u8], offset: u64) -> Result<usize>;
+    /// A write the kernel says must drop the file's set-ID bits (an unprivileged writer of a
+    /// set-ID file): drop them as the volume would for `who`'s own write (setuid always, setgid
+    /// when group-executable or `who` is not in the file's group).
+    fn write_as(&self, data: &[u8], offset: u64, who: Caller) -> Result<usize> {
+        let _ = who;
+        self.write_at(data, offset)
+    }
     /// Called on every `close()` of a descriptor: report delayed write errors, if any.
     fn flush(&self) -> Result<()>;
     /// Make data (and with `datasync == false`, metadata) durable.
@@ -223,12 +242,19 @@ pub trait OpenFile: Send + Sync + 'static {
     fn stat(&self) -> Result<Attr>;
     /// Change attributes through the open file (`ftruncate`, `futimens`, ...).
     fn setattr(&self, set: &SetAttr) -> Result<Attr>;
-    /// `fallocate(2)`.
-    fn allocate(&self, offset: u64, len: u64, mode: i32) -> Result<()>;
+    /// `fallocate(2)` for `who` (set-ID bits dropped as for `who`'s own call).
+    fn allocate(&self, offset: u64, len: u64, mode: i32, who: Caller) -> Result<()>;
     /// `lseek(2)` with `SEEK_DATA` or `SEEK_HOLE` (and the plain whences); returns the offset.
     fn seek(&self, offset: i64, whence: i32) -> Result<i64>;
-    /// Copy `len` bytes to `dst`, server-side when both live on the same backend.
-    fn copy_range(&self, off_in: u64, dst: &dyn OpenFile, off_out: u64, len: u64) -> Result<usize>;
+    /// Copy `len` bytes to `dst` for `who`, server-side when both live on the same backend.
+    fn copy_range(
+        &self,
+        off_in: u64,
+        dst: &dyn OpenFile,
+        off_out: u64,
+        len: u64,
+        who: Caller,
+    ) -> Result<usize>;
     /// For backends that need to recognise their own files (`copy_range`).
     fn as_any(&self) -> &dyn Any;
 }
@@ -272,8 +298,9 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
     /// Create a hard link to `path` at `new_parent/new_name`.
     fn link(&self, path: &Path, new_parent: &Path, new_name: &OsStr) -> Result<Attr>;
-    /// Open an existing file. `flags` are open flags without `O_CREAT`, `O_EXCL`, `O_NOCTTY`.
-    fn open(&self, path: &Path, flags: i32) -> Result<Arc<dyn OpenFile>>;
+    /// Open an existing file for `who`. `flags` are open flags without `O_CREAT`, `O_EXCL`,
+    /// `O_NOCTTY`; an `O_TRUNC` drops set-ID bits as for `who`'s own call.
+    fn open(&self, path: &Path, flags: i32, who: Caller) -> Result<Arc<dyn OpenFile>>;
     /// Create and open a file.
     fn create(
         &self,

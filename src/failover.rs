@@ -527,6 +527,7 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Caller;
     use crate::backend::dir::DirBackend;
     use crate::backend::faulty::{Fault, Faults, FaultyBackend};
     use crate::probe::{Evidence, Strength};
@@ -609,7 +610,7 @@ mod tests {
 
     fn read_f(vfs: &Vfs) -> crate::error::Result<Vec<u8>> {
         let e = vfs.lookup(1, OsStr::new("f"))?;
-        let fh = vfs.open(e.ino, libc::O_RDONLY)?;
+        let fh = vfs.open(e.ino, libc::O_RDONLY, Caller::ROOT)?;
         let mut buf = vec![0u8; 64];
         let n = vfs.read(fh, 0, &mut buf)?;
         vfs.release(fh);
@@ -709,7 +710,7 @@ mod tests {
             let vfs = s.vfs.clone();
             tokio::task::spawn_blocking(move || {
                 let e = vfs.lookup(1, OsStr::new("f")).unwrap();
-                vfs.open(e.ino, flags).unwrap()
+                vfs.open(e.ino, flags, Caller::ROOT).unwrap()
             })
             .await
             .unwrap()
@@ -749,7 +750,8 @@ mod tests {
         // append it twice.
         let flags = libc::O_WRONLY | libc::O_APPEND;
         let written =
-            op_failing_during_a_switch(&mut s, flags, |vfs, fh| vfs.write(fh, 8, b"+tail")).await;
+            op_failing_during_a_switch(&mut s, flags, |vfs, fh| vfs.write(fh, 8, b"+tail", None))
+                .await;
         assert_eq!(written.unwrap_err().errno(), libc::EIO);
         assert_eq!(s.vfs.retried_total(), 0);
         let standby = std::fs::read(s._tmp.path().join("v1/f")).unwrap();

@@ -169,6 +169,9 @@ impl Filesystem for FuseFs {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_AUTO_INVAL_DATA,
+            // Set-ID bits are dropped by the volume as for the caller's own call (the kernel's
+            // own fallback keeps setgid on files that are not group-executable).
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             let _ = config.add_capabilities(flag);
         }
@@ -201,7 +204,7 @@ impl Filesystem for FuseFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -224,6 +227,7 @@ impl Filesystem for FuseFs {
             size,
             atime: set_time(atime),
             mtime: set_time(mtime),
+            by: Some(caller(req)),
         };
         match self.vfs.setattr(ino.0, fh.map(|f| f.0), &set) {
             Ok(a) => reply.attr(&self.ttl.attr, &file_attr(ino.0, &a)),
@@ -333,8 +337,8 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.vfs.open(ino.0, flags.0) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.vfs.open(ino.0, flags.0, caller(req)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("open", ino.0, e)),
         }
@@ -365,17 +369,20 @@ impl Filesystem for FuseFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.vfs.write(fh.0, offset, data) {
+        let kill = write_flags
+            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            .then(|| caller(req));
+        match self.vfs.write(fh.0, offset, data, kill) {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(errno("write", ino.0, e)),
         }
@@ -614,7 +621,7 @@ impl Filesystem for FuseFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -622,7 +629,7 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.vfs.fallocate(fh.0, offset, length, mode) {
+        match self.vfs.fallocate(fh.0, offset, length, mode, caller(req)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fallocate", ino.0, e)),
         }
@@ -645,7 +652,7 @@ impl Filesystem for FuseFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -660,7 +667,7 @@ impl Filesystem for FuseFs {
         let len = len.min(u64::from(u32::MAX) & !0xfff);
         match self
             .vfs
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len, caller(req))
         {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(errno("copy_file_range", ino_in.0, e)),

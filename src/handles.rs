@@ -370,7 +370,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("f"), b"x").unwrap();
         let b = DirBackend::open(tmp.path()).unwrap();
-        let open = || b.open(std::path::Path::new("f"), libc::O_RDONLY);
+        let open = || {
+            b.open(
+                std::path::Path::new("f"),
+                libc::O_RDONLY,
+                crate::backend::Caller::ROOT,
+            )
+        };
         let table = HandleTable::new();
         let at = |generation, volume| Epoch { generation, volume };
         let fh = table.open_file(2, libc::O_RDONLY, at(1, 0), open().unwrap());

@@ -406,14 +406,14 @@ impl Vfs {
     }
 
     /// `open`: returns the handle number.
-    pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+    pub fn open(&self, ino: u64, flags: i32, who: Caller) -> Result<u64> {
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             self.writable()?;
         }
         self.run(Retry::Never, |t| {
             let backend = &t.volume().backend;
             let (_, file) = self.checked(t, ino, |path| {
-                let file = backend.open(path, flags)?;
+                let file = backend.open(path, flags, who)?;
                 let attr = file.stat()?;
                 Ok((file, attr))
             })?;
@@ -449,10 +449,22 @@ impl Vfs {
     /// `write` at an explicit offset; returns the bytes written. Retried on a new route unless
     /// the handle appends (see [`Retry::Write`]).
     #[inline]
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+    /// `write`. `kill_privileges`: the kernel says the writer is not privileged and the file has
+    /// set-ID bits, which the volume must then drop as for `who`'s own write.
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_privileges: Option<Caller>,
+    ) -> Result<usize> {
         self.writable()?;
         self.run(Retry::Write(fh), |t| {
-            self.file_of(t, fh)?.write_at(data, offset)
+            let file = self.file_of(t, fh)?;
+            match kill_privileges {
+                None => file.write_at(data, offset),
+                Some(who) => file.write_as(data, offset, who),
+            }
         })
     }
 
@@ -472,10 +484,10 @@ impl Vfs {
     }
 
     /// `fallocate`.
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32, who: Caller) -> Result<()> {
         self.writable()?;
         self.run(Retry::Never, |t| {
-            self.file_of(t, fh)?.allocate(offset, len, mode)
+            self.file_of(t, fh)?.allocate(offset, len, mode, who)
         })
     }
 
@@ -492,12 +504,13 @@ impl Vfs {
         fh_out: u64,
         off_out: u64,
         len: u64,
+        who: Caller,
     ) -> Result<usize> {
         self.writable()?;
         self.run(Retry::Never, |t| {
             let src = self.file_of(t, fh_in)?;
             let dst = self.file_of(t, fh_out)?;
-            src.copy_range(off_in, dst.as_ref(), off_out, len)
+            src.copy_range(off_in, dst.as_ref(), off_out, len, who)
         })
     }
 
@@ -737,7 +750,8 @@ fn reopen(inodes: &InodeTable, volume: &Volume, ino: u64, flags: i32) -> Result<
         Err(e) => return Err(e),
     };
     let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
-    match volume.backend.open(&path, flags) {
+    // Without O_TRUNC, the caller plays no part in opening.
+    match volume.backend.open(&path, flags, Caller::ROOT) {
         Ok(f) => Ok(Reopen::Opened(f)),
         Err(e) if e.errno() == libc::ENOENT => Ok(Reopen::Gone),
         Err(e) => Err(e),

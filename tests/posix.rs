@@ -634,3 +634,51 @@ fn nosuid_nodev_by_default_and_opt_ins() {
         "{opts}"
     );
 }
+
+#[test]
+fn unprivileged_changes_drop_set_id_bits_as_the_volume_does() {
+    let fx = Fixture::with(1, "allow_other = true", "");
+    // The reference: the same calls on a plain directory of the same machine.
+    let raw = fx.layout.dir.path().join("raw");
+    let here = fx.path("m");
+    for d in [&raw, &here] {
+        fs::create_dir(d).unwrap();
+        fs::set_permissions(d, fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let calls = [
+        ("write", "printf x >> F"),
+        ("truncate", "truncate -s 1 F"),
+        ("fallocate", "fallocate -l 65536 F"),
+        ("open-trunc", ": > F"),
+    ];
+    let mut differ = Vec::new();
+    for mode in [0o6666, 0o6676, 0o4666, 0o2666] {
+        for (name, script) in calls {
+            let mut got = Vec::new();
+            for d in [&raw, &here] {
+                let f = d.join(format!("{name}-{mode:o}"));
+                fs::write(&f, b"data").unwrap();
+                fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+                let (ok, err) = sh_as(65534, &script.replace('F', &f.display().to_string()));
+                assert!(ok, "{name} on {}: {err}", f.display());
+                got.push(fs::metadata(&f).unwrap().permissions().mode() & 0o7777);
+            }
+            if got[0] != got[1] {
+                differ.push(format!(
+                    "{name} of {mode:o}: raw {:o}, mount {:o}",
+                    got[0], got[1]
+                ));
+            }
+        }
+    }
+    assert!(differ.is_empty(), "{differ:#?}");
+    // The case the kernel's own fallback got wrong is a real case here.
+    assert_eq!(
+        fs::metadata(raw.join("write-6666"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o666
+    );
+}

@@ -112,22 +112,31 @@ impl DirBackend {
     /// The file is first pinned as an `O_PATH` descriptor and checked: anything but a regular
     /// file is refused (a fifo would block the daemon, a device node would be opened by root);
     /// then that very file is opened through its descriptor's link.
-    fn open_regular(&self, rel: &Path, flags: i32) -> Result<OwnedFd> {
+    fn open_regular(&self, rel: &Path, flags: i32, who: Caller) -> Result<OwnedFd> {
         let target = self.resolve(rel, OFlag::O_PATH)?;
-        match FileKind::from_mode(fstat(target.as_fd())?.st_mode) {
+        let mode = fstat(target.as_fd())?.st_mode;
+        match FileKind::from_mode(mode) {
             Some(FileKind::File) => {}
             Some(FileKind::Dir) => return Err(Error::posix(libc::EISDIR)),
             Some(FileKind::Symlink) => return Err(Error::posix(libc::ELOOP)),
             _ => return Err(Error::posix(libc::ENXIO)),
         }
         let flags = backend_open_flags(flags) & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW);
-        with_proc_path(target.as_fd(), |proc| {
-            Ok(nix::fcntl::open(
-                proc,
-                OFlag::from_bits_truncate(flags | libc::O_CLOEXEC),
-                Mode::empty(),
-            )?)
-        })
+        let open = || {
+            with_proc_path(target.as_fd(), |proc| {
+                Ok(nix::fcntl::open(
+                    proc,
+                    OFlag::from_bits_truncate(flags | libc::O_CLOEXEC),
+                    Mode::empty(),
+                )?)
+            })
+        };
+        if flags & libc::O_TRUNC != 0 && has_set_id(mode) {
+            // Truncating: the volume drops set-ID bits as for the caller's own open.
+            as_caller(who, open)
+        } else {
+            open()
+        }
     }
 
     /// The parent directory and final name of a non-root path.
@@ -195,25 +204,28 @@ impl Backend for DirBackend {
 
     fn setattr(&self, path: &Path, set: &SetAttr) -> Result<Attr> {
         let target = self.target(path)?;
+        let mode = fstat(target.as_fd())?.st_mode;
         if set.size.is_some() {
             // Only regular files have a size to set (never open a device node to truncate it).
-            match fstat(target.as_fd())?.st_mode & libc::S_IFMT {
+            match mode & libc::S_IFMT {
                 libc::S_IFREG => {}
                 libc::S_IFDIR => return Err(Error::posix(libc::EISDIR)),
                 _ => return Err(Error::posix(libc::EINVAL)),
             }
         }
-        with_proc_path(target.as_fd(), |proc| {
-            if let Some(size) = set.size {
-                // Truncate through the descriptor's own link (a regular file, checked above).
-                let f = nix::fcntl::open(
-                    proc,
-                    OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )?;
-                nix::unistd::ftruncate(&f, size_to_off(size)?)?;
-            }
-            apply_owner_mode_times(target.as_fd(), proc, set)
+        as_caller_killing(mode, set, || {
+            with_proc_path(target.as_fd(), |proc| {
+                if let Some(size) = set.size {
+                    // Truncate through the descriptor's own link (a regular file, checked above).
+                    let f = nix::fcntl::open(
+                        proc,
+                        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    nix::unistd::ftruncate(&f, size_to_off(size)?)?;
+                }
+                apply_owner_mode_times(target.as_fd(), proc, set)
+            })
         })?;
         statx_attr(target.as_fd(), OsStr::new(""))
     }
@@ -309,8 +321,8 @@ impl Backend for DirBackend {
         self.stat_at(&to, new_name)
     }
 
-    fn open(&self, path: &Path, flags: i32) -> Result<Arc<dyn OpenFile>> {
-        let fd = self.open_regular(path, flags)?;
+    fn open(&self, path: &Path, flags: i32, who: Caller) -> Result<Arc<dyn OpenFile>> {
+        let fd = self.open_regular(path, flags, who)?;
         Ok(Arc::new(DirFile::new(fd)))
     }
 
@@ -334,9 +346,11 @@ impl Backend for DirBackend {
                 Ok(fd) => Ok((fd, true)),
                 // The entry appeared (or was never visible to the kernel's cache): open what is
                 // there, unless the caller asked for exclusive creation.
-                Err(nix::errno::Errno::EEXIST) if flags & libc::O_EXCL == 0 => {
-                    Ok((self.open_regular(&parent.join(name), flags)?, false))
-                }
+                // Already running as the caller: the open must not switch again.
+                Err(nix::errno::Errno::EEXIST) if flags & libc::O_EXCL == 0 => Ok((
+                    self.open_regular(&parent.join(name), flags, Caller::ROOT)?,
+                    false,
+                )),
                 Err(e) => Err(e.into()),
             }
         })?;
@@ -501,6 +515,10 @@ impl OpenFile for DirFile {
         Ok(done)
     }
 
+    fn write_as(&self, data: &[u8], offset: u64, who: Caller) -> Result<usize> {
+        as_caller(who, || self.write_at(data, offset))
+    }
+
     fn flush(&self) -> Result<()> {
         // Closing a duplicate reports delayed write errors (NFS and friends) without closing the
         // descriptor other users of the handle still need.
@@ -525,24 +543,34 @@ impl OpenFile for DirFile {
     }
 
     fn setattr(&self, set: &SetAttr) -> Result<Attr> {
-        if let Some(size) = set.size {
-            nix::unistd::ftruncate(self.file.as_fd(), size_to_off(size)?)?;
-        }
-        with_proc_path(self.file.as_fd(), |proc| {
-            apply_owner_mode_times(self.file.as_fd(), proc, set)
+        let mode = self.mode_if_killing(set.kills_privileges(), set.by)?;
+        as_caller_killing(mode, set, || {
+            if let Some(size) = set.size {
+                nix::unistd::ftruncate(self.file.as_fd(), size_to_off(size)?)?;
+            }
+            with_proc_path(self.file.as_fd(), |proc| {
+                apply_owner_mode_times(self.file.as_fd(), proc, set)
+            })
         })?;
         self.stat()
     }
 
-    fn allocate(&self, offset: u64, len: u64, mode: i32) -> Result<()> {
+    fn allocate(&self, offset: u64, len: u64, mode: i32, who: Caller) -> Result<()> {
         let flags = nix::fcntl::FallocateFlags::from_bits_truncate(mode);
-        nix::fcntl::fallocate(
-            self.file.as_fd(),
-            flags,
-            size_to_off(offset)?,
-            size_to_off(len)?,
-        )?;
-        Ok(())
+        let allocate = || {
+            nix::fcntl::fallocate(
+                self.file.as_fd(),
+                flags,
+                size_to_off(offset)?,
+                size_to_off(len)?,
+            )?;
+            Ok(())
+        };
+        if has_set_id(self.mode_if_killing(true, Some(who))?) {
+            as_caller(who, allocate)
+        } else {
+            allocate()
+        }
     }
 
     fn seek(&self, offset: i64, whence: i32) -> Result<i64> {
@@ -552,7 +580,14 @@ impl OpenFile for DirFile {
         errno_result(rc as isize).map(|v| v as i64)
     }
 
-    fn copy_range(&self, off_in: u64, dst: &dyn OpenFile, off_out: u64, len: u64) -> Result<usize> {
+    fn copy_range(
+        &self,
+        off_in: u64,
+        dst: &dyn OpenFile,
+        off_out: u64,
+        len: u64,
+        who: Caller,
+    ) -> Result<usize> {
         let Some(dst) = dst.as_any().downcast_ref::<DirFile>() else {
             // Different backends: let the kernel fall back to read + write.
             return Err(Error::posix(libc::EXDEV));
@@ -560,17 +595,51 @@ impl OpenFile for DirFile {
         let mut off_in = size_to_off(off_in)?;
         let mut off_out = size_to_off(off_out)?;
         let len = usize::try_from(len).unwrap_or(usize::MAX);
-        Ok(nix::fcntl::copy_file_range(
-            self.file.as_fd(),
-            Some(&mut off_in),
-            dst.file.as_fd(),
-            Some(&mut off_out),
-            len,
-        )?)
+        let mut copy = || {
+            Ok(nix::fcntl::copy_file_range(
+                self.file.as_fd(),
+                Some(&mut off_in),
+                dst.file.as_fd(),
+                Some(&mut off_out),
+                len,
+            )?)
+        };
+        if has_set_id(dst.mode_if_killing(true, Some(who))?) {
+            as_caller(who, copy)
+        } else {
+            copy()
+        }
     }
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+impl DirFile {
+    /// The file's mode when a change by `who` may have to drop set-ID bits (`kills`, and `who`
+    /// is a caller the daemon acts as), else 0 (no system call).
+    fn mode_if_killing(&self, kills: bool, who: Option<Caller>) -> Result<u32> {
+        match who {
+            Some(who) if kills && identity::switches_for(who) => {
+                Ok(fstat(self.file.as_fd())?.st_mode)
+            }
+            _ => Ok(0),
+        }
+    }
+}
+
+/// Whether `mode` has a set-ID bit.
+fn has_set_id(mode: u32) -> bool {
+    mode & (libc::S_ISUID | libc::S_ISGID) != 0
+}
+
+/// Run `f` (which changes size or owner as `set` asks) as `set.by` when that may drop set-ID bits
+/// of a file with `mode`: the volume then drops exactly what it would for the caller's own call.
+fn as_caller_killing<T>(mode: u32, set: &SetAttr, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match set.by {
+        Some(who) if set.kills_privileges() && has_set_id(mode) => as_caller(who, f),
+        _ => f(),
     }
 }
 
@@ -823,7 +892,7 @@ mod tests {
         let refused = |e: Error| assert!(matches!(e.errno(), libc::ELOOP | libc::ENOTDIR), "{e}");
         refused(b.stat(Path::new("link/secret")).unwrap_err());
         refused(
-            b.open(Path::new("link/secret"), libc::O_RDONLY)
+            b.open(Path::new("link/secret"), libc::O_RDONLY, Caller::ROOT)
                 .err()
                 .unwrap(),
         );
@@ -893,10 +962,16 @@ mod tests {
         let fifo = tmp.path().join("vol/fifo");
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o644)).unwrap();
         // Would block forever if the daemon opened it.
-        let e = b.open(Path::new("fifo"), libc::O_RDONLY).err().unwrap();
+        let e = b
+            .open(Path::new("fifo"), libc::O_RDONLY, Caller::ROOT)
+            .err()
+            .unwrap();
         assert_eq!(e.errno(), libc::ENXIO);
         std::fs::create_dir(tmp.path().join("vol/d")).unwrap();
-        let e = b.open(Path::new("d"), libc::O_RDONLY).err().unwrap();
+        let e = b
+            .open(Path::new("d"), libc::O_RDONLY, Caller::ROOT)
+            .err()
+            .unwrap();
         assert_eq!(e.errno(), libc::EISDIR);
         // create() of an existing fifo without O_EXCL does not open it either.
         let e = b

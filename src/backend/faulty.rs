@@ -183,6 +183,10 @@ impl OpenFile for FaultyFile {
         self.faults.check_op(&self.path, true)?;
         self.inner.write_at(data, offset)
     }
+    fn write_as(&self, data: &[u8], offset: u64, who: Caller) -> Result<usize> {
+        self.faults.check_op(&self.path, true)?;
+        self.inner.write_as(data, offset, who)
+    }
     fn flush(&self) -> Result<()> {
         self.faults.check(&self.path)?;
         self.inner.flush()
@@ -199,21 +203,28 @@ impl OpenFile for FaultyFile {
         self.faults.check(&self.path)?;
         self.inner.setattr(set)
     }
-    fn allocate(&self, offset: u64, len: u64, mode: i32) -> Result<()> {
+    fn allocate(&self, offset: u64, len: u64, mode: i32, who: Caller) -> Result<()> {
         self.faults.check(&self.path)?;
-        self.inner.allocate(offset, len, mode)
+        self.inner.allocate(offset, len, mode, who)
     }
     fn seek(&self, offset: i64, whence: i32) -> Result<i64> {
         self.faults.check(&self.path)?;
         self.inner.seek(offset, whence)
     }
-    fn copy_range(&self, off_in: u64, dst: &dyn OpenFile, off_out: u64, len: u64) -> Result<usize> {
+    fn copy_range(
+        &self,
+        off_in: u64,
+        dst: &dyn OpenFile,
+        off_out: u64,
+        len: u64,
+        who: Caller,
+    ) -> Result<usize> {
         self.faults.check(&self.path)?;
         let dst = match dst.as_any().downcast_ref::<FaultyFile>() {
             Some(f) => f.inner.as_ref(),
             None => dst,
         };
-        self.inner.copy_range(off_in, dst, off_out, len)
+        self.inner.copy_range(off_in, dst, off_out, len, who)
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -282,9 +293,9 @@ impl Backend for FaultyBackend {
         self.faults.check(path)?;
         self.inner.link(path, new_parent, new_name)
     }
-    fn open(&self, path: &Path, flags: i32) -> Result<Arc<dyn OpenFile>> {
+    fn open(&self, path: &Path, flags: i32, who: Caller) -> Result<Arc<dyn OpenFile>> {
         self.faults.check(path)?;
-        let f = self.inner.open(path, flags)?;
+        let f = self.inner.open(path, flags, who)?;
         Ok(FaultyFile::wrap(f, path, &self.faults))
     }
     fn create(
