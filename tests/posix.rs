@@ -682,3 +682,114 @@ fn unprivileged_changes_drop_set_id_bits_as_the_volume_does() {
         0o666
     );
 }
+
+/// `openat`-style descent: open `name` (a directory) beneath `dir`.
+fn open_dir_at(dir: &std::os::fd::OwnedFd, name: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::AsFd;
+    nix::fcntl::openat(
+        dir.as_fd(),
+        name,
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap_or_else(|e| panic!("open {name}: {e}"))
+}
+
+#[test]
+fn a_tree_deeper_than_path_max_works() {
+    use std::os::fd::AsFd;
+    let fx = Fixture::new(1);
+    // 200 levels of 40-byte names: about 8,200 bytes below the root, twice PATH_MAX.
+    let name = |i: usize| format!("{i:03}-{}", "d".repeat(36));
+    let open_root = |p: &std::path::Path| {
+        nix::fcntl::open(
+            p,
+            nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap()
+    };
+    let mut dir = open_root(&fx.layout.mnt);
+    for i in 0..200 {
+        nix::sys::stat::mkdirat(
+            dir.as_fd(),
+            name(i).as_str(),
+            nix::sys::stat::Mode::from_bits_truncate(0o755),
+        )
+        .unwrap_or_else(|e| panic!("mkdir at level {i}: {e}"));
+        dir = open_dir_at(&dir, &name(i));
+    }
+    // Through the mount at the bottom: create, write, read, rename, stat, list, unlink.
+    let file = |flags| {
+        nix::fcntl::openat(
+            dir.as_fd(),
+            "f",
+            flags,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap()
+    };
+    let f = std::fs::File::from(file(nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_RDWR));
+    f.write_all_at(b"deep", 0).unwrap();
+    drop(f);
+    nix::fcntl::renameat(dir.as_fd(), "f", dir.as_fd(), "g").unwrap();
+    let st = nix::sys::stat::fstatat(dir.as_fd(), "g", nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .unwrap();
+    assert_eq!(st.st_size, 4);
+    // On the volume, by the same descent: the file is there; a file made there is seen here.
+    let mut vdir = open_root(&fx.layout.vols[0]);
+    for i in 0..200 {
+        vdir = open_dir_at(&vdir, &name(i));
+    }
+    let g = nix::fcntl::openat(
+        vdir.as_fd(),
+        "g",
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let mut buf = [0u8; 4];
+    std::fs::File::from(g).read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"deep");
+    let h = nix::fcntl::openat(
+        vdir.as_fd(),
+        "h",
+        nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY,
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    std::fs::File::from(h)
+        .write_all_at(b"from the volume", 0)
+        .unwrap();
+    let listed: Vec<String> = nix::dir::Dir::openat(
+        dir.as_fd(),
+        ".",
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap()
+    .iter()
+    .filter_map(|e| e.ok())
+    .map(|e| e.file_name().to_string_lossy().into_owned())
+    .filter(|n| n != "." && n != "..")
+    .collect::<std::collections::BTreeSet<_>>()
+    .into_iter()
+    .collect();
+    assert_eq!(listed, ["g", "h"]);
+    let h = nix::fcntl::openat(
+        dir.as_fd(),
+        "h",
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let mut buf = [0u8; 15];
+    std::fs::File::from(h).read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"from the volume");
+    nix::unistd::unlinkat(dir.as_fd(), "g", nix::unistd::UnlinkatFlags::NoRemoveDir).unwrap();
+    nix::unistd::unlinkat(dir.as_fd(), "h", nix::unistd::UnlinkatFlags::NoRemoveDir).unwrap();
+    assert!(
+        nix::sys::stat::fstatat(vdir.as_fd(), "g", nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_err()
+    );
+}

@@ -32,6 +32,9 @@ use super::{
 };
 use crate::error::{Error, Result};
 
+/// The longest relative path handed to one `openat2` call (below `PATH_MAX`, 4096 with the NUL).
+const PATH_PIECE: usize = 4000;
+
 const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_BENEATH
     .union(ResolveFlag::RESOLVE_NO_SYMLINKS)
     .union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -75,18 +78,39 @@ impl DirBackend {
         })
     }
 
-    /// Open `rel` beneath the root with `flags`, following no symlink on the way.
+    /// Open `rel` beneath the root with `flags`, following no symlink on the way. A path longer
+    /// than the kernel takes in one call (`PATH_MAX`) is walked in pieces, each beneath the
+    /// directory the previous one opened, so depth is not limited.
     fn resolve(&self, rel: &Path, flags: OFlag) -> Result<OwnedFd> {
-        let how = OpenHow::new()
-            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-            .resolve(RESOLVE);
-        // The root itself is "." beneath the root.
-        let rel = if rel.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            rel
+        let how = |flags: OFlag| {
+            OpenHow::new()
+                .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+                .resolve(RESOLVE)
         };
-        Ok(openat2(self.root.as_fd(), rel, how)?)
+        // The root itself is "." beneath the root.
+        if rel.as_os_str().is_empty() {
+            return Ok(openat2(self.root.as_fd(), ".", how(flags))?);
+        }
+        let bytes = rel.as_os_str().as_bytes();
+        if bytes.len() < PATH_PIECE {
+            return Ok(openat2(self.root.as_fd(), rel, how(flags))?);
+        }
+        let mut dir: Option<OwnedFd> = None;
+        let mut rest = bytes;
+        while rest.len() >= PATH_PIECE {
+            // Cut at the last separator that keeps the piece short enough.
+            let cut = rest[..PATH_PIECE]
+                .iter()
+                .rposition(|&b| b == b'/')
+                .filter(|&i| i > 0)
+                .ok_or_else(|| Error::posix(libc::ENAMETOOLONG))?;
+            let piece = Path::new(OsStr::from_bytes(&rest[..cut]));
+            let at = dir.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
+            dir = Some(openat2(at, piece, how(OFlag::O_PATH | OFlag::O_DIRECTORY))?);
+            rest = &rest[cut + 1..];
+        }
+        let at = dir.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
+        Ok(openat2(at, Path::new(OsStr::from_bytes(rest)), how(flags))?)
     }
 
     /// A directory descriptor for `rel` (the root when `rel` is empty).
