@@ -339,6 +339,11 @@ impl InodeTable {
                 p.children.get(name).copied()
             };
             if let Some(child) = existing {
+                // After a switch a name's node adopts what the name holds now, unless another
+                // node already adopted that file (a hard link on this volume): then the name
+                // joins that node below, one file one number. Read before the shard locks (the
+                // identity map is always locked first).
+                let elsewhere = self.adopted_elsewhere(&id, generation, child);
                 let mut l = self.lock(&[parent, child]);
                 if l.child(parent, name) != Some(child) {
                     continue;
@@ -352,7 +357,7 @@ impl InodeTable {
                     continue;
                 };
                 let same = match node.id {
-                    Some((g, known)) => known == id || g < generation,
+                    Some((g, known)) => known == id || (g < generation && !elsewhere),
                     None => true,
                 };
                 if node.kind == kind && same {
@@ -499,6 +504,16 @@ impl InodeTable {
             }
         }
         Ok(Some(other))
+    }
+
+    /// Whether a node other than `ino` holds `id` in `generation`.
+    fn adopted_elsewhere(&self, id: &FileId, generation: u64, ino: u64) -> bool {
+        self.id_generation.load(Ordering::Acquire) == generation
+            && self
+                .ids_of(id)
+                .lock()
+                .get(id)
+                .is_some_and(|&other| other != ino)
     }
 
     fn remember_id(&self, ino: u64, id: FileId, generation: u64) {

@@ -236,3 +236,107 @@ fn files_are_created_as_the_caller_with_their_mode_bits() {
     assert_eq!(e.errno(), libc::EACCES);
     assert!(!fx.vol(0, "closed/x").exists());
 }
+
+/// Replace `name` under `root` by a new file (temporary name, then rename), the way editors and
+/// replication jobs write; the content says which file it is.
+fn replace_file(root: &std::path::Path, name: &str, tag: &str) {
+    let tmp = root.join(format!(".{tag}.tmp"));
+    if fs::write(&tmp, format!("{name}|{tag}")).is_ok() {
+        let _ = fs::rename(&tmp, root.join(name));
+    }
+}
+
+#[test]
+fn two_mounts_of_one_volume_see_each_other_and_never_mix_files() {
+    let a = Fixture::new(1);
+    // The second mount serves the first one's volume.
+    let mut layout = common::Layout::new(1, "", "");
+    let config = fs::read_to_string(&layout.config).unwrap().replace(
+        &format!("\"{}\"", layout.vols[0].display()),
+        &format!("\"{}\"", a.layout.vols[0].display()),
+    );
+    fs::write(&layout.config, config).unwrap();
+    layout.vols[0] = a.layout.vols[0].clone();
+    let b = Fixture::mount(layout);
+
+    const NAMES: usize = 12;
+    let work = |mnt: std::path::PathBuf, who: char| {
+        move || {
+            let mut seed = (who as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut next = |n: usize| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed % n as u64) as usize
+            };
+            // Open files this mount holds: (the file's tag, the descriptor).
+            let mut held: Vec<(String, fs::File)> = Vec::new();
+            let mut problems = Vec::new();
+            for step in 0..1500 {
+                let name = format!("n{}", next(NAMES));
+                match next(4) {
+                    0 | 1 => replace_file(&mnt, &name, &format!("{who}{step}")),
+                    2 => {
+                        let _ = fs::remove_file(mnt.join(&name));
+                    }
+                    _ => {
+                        if let Ok(f) = fs::File::open(mnt.join(&name)) {
+                            let mut text = String::new();
+                            let _ = std::io::Read::read_to_string(&mut &f, &mut text);
+                            match text.split_once('|') {
+                                Some((n, tag)) if n == name => {
+                                    held.push((tag.to_string(), f));
+                                    if held.len() > 6 {
+                                        held.remove(0);
+                                    }
+                                }
+                                // Files are never written in place: whatever was opened
+                                // under a name must name that very name.
+                                _ => problems.push(format!("{name} read {text:?}")),
+                            }
+                        }
+                    }
+                }
+                // Files held open at once, different files, never share an inode number.
+                let mut seen: HashMap<u64, &str> = HashMap::new();
+                for (tag, f) in &held {
+                    let ino = f.metadata().map(|m| m.ino()).unwrap_or(0);
+                    if let Some(other) = seen.insert(ino, tag)
+                        && other != tag
+                    {
+                        problems.push(format!("files {other} and {tag} share number {ino}"));
+                    }
+                }
+            }
+            replace_file(&mnt, &format!("done-{who}"), &format!("{who}-final"));
+            problems
+        }
+    };
+    let (pa, pb) = std::thread::scope(|s| {
+        let ta = s.spawn(work(a.layout.mnt.clone(), 'a'));
+        let tb = s.spawn(work(b.layout.mnt.clone(), 'b'));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    assert!(pa.is_empty() && pb.is_empty(), "{pa:#?}\n{pb:#?}");
+    // Each mount sees what the other wrote, within the TTLs; both agree with the volume.
+    for (mnt, other) in [(&a.layout.mnt, 'b'), (&b.layout.mnt, 'a')] {
+        let done = format!("done-{other}");
+        wait_until(
+            Duration::from_secs(10),
+            "the other mount's last file",
+            || fs::read_to_string(mnt.join(&done)).ok() == Some(format!("{done}|{other}-final")),
+        );
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "both mounts agree with the volume",
+        || {
+            (0..NAMES).all(|i| {
+                let name = format!("n{i}");
+                let v = fs::read_to_string(a.vol(0, &name)).ok();
+                v == fs::read_to_string(a.path(&name)).ok()
+                    && v == fs::read_to_string(b.path(&name)).ok()
+            })
+        },
+    );
+}
