@@ -81,6 +81,7 @@ impl App {
     pub fn start_with(settings: &Settings, hooks: Hooks) -> Result<App, StartError> {
         // Modes from the kernel are final (it applied the caller's umask already).
         nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        raise_open_file_limit();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("failoverfs-rt")
@@ -339,6 +340,20 @@ impl Drop for App {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(2));
         }
+    }
+}
+
+/// Every open file of every application holds a descriptor of ours (and directories during a
+/// listing): take the hard limit of open files, and say so.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open file limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open file limit"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open file limit"),
     }
 }
 

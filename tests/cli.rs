@@ -321,3 +321,24 @@ fn environment_and_flags_override_the_file() {
         "{log}"
     );
 }
+
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let l = Layout::new(1, "", "");
+    let mut m = BinMount::start_wrapped(l, &["prlimit", "--nofile=256:4096"]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", m.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&fields[3..5], ["4096", "4096"], "{line}");
+    assert!(
+        m.stderr().contains("raised the open file limit"),
+        "{}",
+        m.stderr()
+    );
+    m.signal(Signal::SIGTERM);
+    assert_eq!(m.wait(Duration::from_secs(20)), Some(0));
+}

@@ -187,6 +187,8 @@ pub struct BinMount {
     pub stderr_path: PathBuf,
     /// Where it is mounted (the layout's mount point unless overridden).
     pub mnt: PathBuf,
+    /// A command the binary runs under (`prlimit …`), empty for none.
+    pub wrapper: Vec<String>,
 }
 
 impl BinMount {
@@ -209,8 +211,24 @@ impl BinMount {
             layout,
             stderr_path,
             mnt: mnt.to_path_buf(),
+            wrapper: Vec::new(),
         };
         m.spawn(extra_args, envs);
+        m
+    }
+
+    /// Like [`BinMount::start`], the binary run by `wrapper` (a command and its arguments, which
+    /// must exec the binary in the same process, as `prlimit` does).
+    pub fn start_wrapped(layout: Layout, wrapper: &[&str]) -> BinMount {
+        let stderr_path = layout.dir.path().join("stderr.log");
+        let mut m = BinMount {
+            child: None,
+            mnt: layout.mnt.clone(),
+            layout,
+            stderr_path,
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
+        };
+        m.spawn(&[], &[]);
         m
     }
 
@@ -221,7 +239,15 @@ impl BinMount {
             .append(true)
             .open(&self.stderr_path)
             .expect("stderr file");
-        let child = bin()
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_failoverfs"));
+                c
+            }
+            None => bin(),
+        };
+        let child = cmd
             .arg("mount")
             .arg("--config")
             .arg(&self.layout.config)
