@@ -1,6 +1,11 @@
 //! The monitor: probes every volume on an interval and turns the answers into a *confirmed*
 //! state, published per volume through a `tokio::sync::watch` channel.
 //!
+//! **Only what was there can be deleted.** Deletion answers about a volume this process never saw
+//! healthy (a misspelt CubeFS volume name or marker, a wrong path) count for nothing: the volume
+//! is reported unreachable with kind `never-healthy`, logged as a configuration error, and is
+//! never switched away from or exited for.
+//!
 //! **Confirmed deletion.** A volume is confirmed deleted only after `confirmations` consecutive
 //! deletion answers spanning at least `confirm_window`; when the evidence is weak (an S3 404),
 //! `weak_confirmations` answers spanning `weak_confirm_window`. Any healthy or transient answer
@@ -148,6 +153,7 @@ pub struct Tracker {
     policy: HealthSettings,
     health: Health,
     streak: Option<Streak>,
+    seen_healthy: bool,
 }
 
 impl Tracker {
@@ -157,6 +163,7 @@ impl Tracker {
             policy,
             health: Health::Unknown,
             streak: None,
+            seen_healthy: false,
         }
     }
 
@@ -170,7 +177,18 @@ impl Tracker {
         let next = match verdict {
             Verdict::Healthy { note } => {
                 self.streak = None;
+                self.seen_healthy = true;
                 Health::Healthy { note: note.clone() }
+            }
+            Verdict::PendingDelete(e) | Verdict::Deleted(e) if !self.seen_healthy => {
+                self.streak = None;
+                Health::Unreachable {
+                    kind: TransientKind::NeverHealthy,
+                    detail: format!(
+                        "{e}; but this volume was never seen healthy by this process: check its \
+                         name, marker and path (a configuration error, not a deletion)"
+                    ),
+                }
             }
             Verdict::Transient { kind, detail } => {
                 self.streak = None;
@@ -526,6 +544,14 @@ fn log_transition(volume: &str, t: &Transition, answers: &[(&'static str, Verdic
         Health::Healthy { .. } => tracing::info!(
             volume, from = %from, to = %to, probes = %probes, "volume health changed"
         ),
+        Health::Unreachable {
+            kind: TransientKind::NeverHealthy,
+            ..
+        } => tracing::error!(
+            volume, to = %to, probes = %probes,
+            "configuration error: the probes say this volume does not exist, and it was never \
+             seen healthy; not treated as a deletion"
+        ),
         _ => tracing::warn!(
             volume, from = %from, to = %to, evidence = evidence.as_deref().unwrap_or("-"),
             consecutive = count, probes = %probes, "volume health changed"
@@ -536,6 +562,12 @@ fn log_transition(volume: &str, t: &Transition, answers: &[(&'static str, Verdic
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tracker that has seen the volume healthy once (deletion answers count from then on).
+    fn seen(mut t: Tracker) -> Tracker {
+        t.observe(&Verdict::healthy(), Instant::now());
+        t
+    }
 
     fn policy() -> HealthSettings {
         HealthSettings::default()
@@ -555,6 +587,33 @@ mod tests {
             detail: "Status 1".into(),
             strength: Strength::Strong,
         })
+    }
+
+    #[test]
+    fn a_volume_never_seen_healthy_is_never_deleted() {
+        let mut t = Tracker::new(policy());
+        let t0 = Instant::now();
+        for i in 0..50 {
+            t.observe(&deleted(Strength::Strong), t0 + Duration::from_secs(i));
+            t.observe(&pending(), t0 + Duration::from_secs(i));
+        }
+        assert!(
+            matches!(
+                t.health(),
+                Health::Unreachable {
+                    kind: TransientKind::NeverHealthy,
+                    ..
+                }
+            ),
+            "{:?}",
+            t.health()
+        );
+        // Once seen, it can go.
+        t.observe(&Verdict::healthy(), t0 + Duration::from_secs(60));
+        for i in 0..5 {
+            t.observe(&deleted(Strength::Strong), t0 + Duration::from_secs(61 + i));
+        }
+        assert!(t.health().is_deleted(), "{:?}", t.health());
     }
 
     #[test]
@@ -584,7 +643,7 @@ mod tests {
             Verdict::healthy(),
             Verdict::transient(TransientKind::Timeout, "t"),
         ] {
-            let mut t = Tracker::new(policy());
+            let mut t = seen(Tracker::new(policy()));
             let t0 = Instant::now();
             t.observe(&deleted(Strength::Strong), t0);
             t.observe(&deleted(Strength::Strong), t0 + ms(500));
@@ -599,7 +658,7 @@ mod tests {
 
     #[test]
     fn weak_evidence_needs_more() {
-        let mut t = Tracker::new(policy());
+        let mut t = seen(Tracker::new(policy()));
         let t0 = Instant::now();
         // A 10 s blip of 404s every 500 ms (20 answers) never confirms.
         for i in 0..20 {
@@ -623,7 +682,7 @@ mod tests {
     #[test]
     fn pending_policy() {
         let ms = Duration::from_millis;
-        let mut t = Tracker::new(policy());
+        let mut t = seen(Tracker::new(policy()));
         let t0 = Instant::now();
         for i in 0..3 {
             t.observe(&pending(), t0 + ms(500 * i));
@@ -631,7 +690,7 @@ mod tests {
         assert!(matches!(t.health(), Health::Deleted { pending: true, .. }));
         let mut wait = policy();
         wait.on_pending_delete = PendingPolicy::Wait;
-        let mut t = Tracker::new(wait);
+        let mut t = seen(Tracker::new(wait));
         for i in 0..10 {
             t.observe(&pending(), t0 + ms(500 * i));
         }
@@ -642,7 +701,7 @@ mod tests {
     #[test]
     fn confirmed_deletion_survives_silence_not_health() {
         let ms = Duration::from_millis;
-        let mut t = Tracker::new(policy());
+        let mut t = seen(Tracker::new(policy()));
         let t0 = Instant::now();
         for i in 0..3 {
             t.observe(&deleted(Strength::Strong), t0 + ms(500 * i));
@@ -661,7 +720,7 @@ mod tests {
     fn delays_follow_the_state() {
         let mut p = policy();
         p.jitter = 0.0;
-        let mut t = Tracker::new(p);
+        let mut t = seen(Tracker::new(p));
         let mut b = Backoff::new(p.interval, p.max_backoff);
         let now = Instant::now();
         t.observe(&Verdict::healthy(), now);

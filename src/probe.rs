@@ -88,6 +88,9 @@ pub enum TransientKind {
     Inconclusive,
     /// The filesystem did not answer in time (hung mount) or failed with an I/O error.
     Io,
+    /// A deletion answer for a volume this process never saw healthy: a configuration error
+    /// (a misspelt volume name, marker or path), never evidence of a deletion.
+    NeverHealthy,
 }
 
 impl TransientKind {
@@ -108,6 +111,7 @@ impl TransientKind {
             TransientKind::WrongCluster => "wrong-cluster",
             TransientKind::Inconclusive => "inconclusive",
             TransientKind::Io => "io",
+            TransientKind::NeverHealthy => "never-healthy",
         }
     }
 }

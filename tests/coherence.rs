@@ -9,9 +9,6 @@
 //!
 //! On kernels with multigrain timestamps (6.13+, ext4) this has not failed on main either: the
 //! kernel's automatic invalidation then always sees the write that would hide a stale page.
-//!
-//! On kernels with multigrain timestamps (6.13+, ext4) this has not failed on main either: the
-//! kernel's automatic invalidation then always sees the write that would hide a stale page.
 mod common;
 
 use std::os::unix::fs::{FileExt, OpenOptionsExt};

@@ -608,3 +608,37 @@ fn a_manual_switch_with_no_target_keeps_serving_the_same_files() {
         "switching to the active volume changes nothing"
     );
 }
+
+#[test]
+fn a_misspelt_marker_is_a_configuration_error_not_a_deletion() {
+    let layout = Layout::with_volumes(2, "", &fast(), |i| {
+        if i == 0 {
+            // The volume has `.volume`; the configuration names `.volumes`.
+            "probe = { kind = \"dir\", marker = \".volumes\" }".into()
+        } else {
+            String::new()
+        }
+    });
+    populate(&layout);
+    fs::write(layout.vols[0].join(".volume"), b"").unwrap();
+    let fx = Fixture::mount(layout);
+    // Many rounds, each a "deletion" answer, far more than confirmation needs (3 in 100 ms).
+    let rounds0 = fx.app().monitor().states()[0].rounds;
+    wait_until(Duration::from_secs(30), "15 probe rounds", || {
+        fx.app().monitor().states()[0].rounds >= rounds0 + 15
+    });
+    let state = fx.app().monitor().states()[0].clone();
+    assert!(
+        matches!(
+            state.health,
+            failoverfs::monitor::Health::Unreachable {
+                kind: failoverfs::probe::TransientKind::NeverHealthy,
+                ..
+            }
+        ),
+        "{:?}",
+        state.health
+    );
+    assert!(fx.app().audit().is_empty(), "{:?}", fx.app().audit());
+    assert_eq!(fs::read(fx.path("both/a")).unwrap(), content(0, "both/a"));
+}
