@@ -580,7 +580,7 @@ impl Supervisor {
         if !fenced {
             self.unmount(false).await;
         }
-        let took_ms = confirmed_at.elapsed().as_secs_f64() * 1000.0;
+        let took_ms = crate::failover::millis(confirmed_at.elapsed());
         tracing::error!(
             volume,
             evidence,

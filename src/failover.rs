@@ -172,6 +172,12 @@ pub struct Controller {
     audit: Arc<Mutex<Vec<AuditEntry>>>,
 }
 
+/// A duration in milliseconds for a log line, to the microsecond (`0.014`, never
+/// `0.014181000000000001`).
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 /// Time reserved after the drain for picking and publishing, so waiting operations (which wait
 /// at most `drain_timeout`) always see the new route.
 fn drain_budget(drain_timeout: Duration) -> Duration {
@@ -483,7 +489,7 @@ impl Controller {
 
     fn record(&self, mut e: AuditEntry) {
         e.completed_at = SystemTime::now();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let ms = millis;
         match e.outcome {
             Outcome::Swapped { generation, .. } => tracing::warn!(
                 generation,
@@ -529,10 +535,20 @@ mod tests {
     use super::*;
     use crate::backend::Caller;
     use crate::backend::dir::DirBackend;
+
     use crate::backend::faulty::{Fault, Faults, FaultyBackend};
     use crate::probe::{Evidence, Strength};
     use crate::routing::WaitPolicy;
     use crate::vfs::VfsOptions;
+
+    #[test]
+    fn log_millis_are_short() {
+        assert_eq!(format!("{}", millis(Duration::from_nanos(14_181))), "0.014");
+        assert_eq!(
+            format!("{}", millis(Duration::from_micros(1_234_567))),
+            "1234.567"
+        );
+    }
 
     struct Setup {
         _tmp: tempfile::TempDir,

@@ -316,13 +316,29 @@ pub fn http_client() -> Result<reqwest::Client, String> {
         })
 }
 
-/// Classify a transport failure of an HTTP request.
-pub(crate) fn transport_failure(e: &reqwest::Error) -> Verdict {
-    if e.is_timeout() {
-        Verdict::transient(TransientKind::Timeout, e.to_string())
+/// Classify a transport failure of an HTTP request. The detail names the endpoint without its
+/// query, fragment or user info: a presigned URL carries an access key id and a live signature in
+/// its query, and neither may reach a log, `check` or the status.
+pub(crate) fn transport_failure(e: reqwest::Error) -> Verdict {
+    let endpoint = e.url().map(|u| {
+        let mut u = u.clone();
+        u.set_query(None);
+        u.set_fragment(None);
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        u.to_string()
+    });
+    let kind = if e.is_timeout() {
+        TransientKind::Timeout
     } else {
-        Verdict::transient(TransientKind::Down, error_chain(e))
-    }
+        TransientKind::Down
+    };
+    let e = e.without_url();
+    let detail = match endpoint {
+        Some(u) => format!("{u}: {}", error_chain(&e)),
+        None => error_chain(&e),
+    };
+    Verdict::transient(kind, detail)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -355,7 +371,7 @@ pub(crate) async fn read_body(
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
-            Err(e) => return Err(transport_failure(&e)),
+            Err(e) => return Err(transport_failure(e)),
         }
     }
 }
@@ -369,6 +385,25 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn transport_failures_never_carry_a_presigned_query() {
+        // A closed port on loopback: the request fails before any answer.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let url = format!(
+            "http://user:pw@127.0.0.1:{port}/bucket?X-Amz-Credential=AKIDSECRET%2F20261130&X-Amz-Signature=deadbeef"
+        );
+        let e = http_client().unwrap().head(&url).send().await.unwrap_err();
+        let v = transport_failure(e);
+        let text = v.to_string();
+        assert!(text.contains(&format!("127.0.0.1:{port}/bucket")), "{text}");
+        for secret in ["AKIDSECRET", "deadbeef", "X-Amz", "pw@"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
 
     fn deleted(strength: Strength) -> Verdict {
         Verdict::Deleted(Evidence {

@@ -89,7 +89,7 @@ impl CubefsProbe {
             Ok(r) => r,
             Err(e) => {
                 return Answer {
-                    verdict: super::transport_failure(&e),
+                    verdict: super::transport_failure(e),
                     decisive: false,
                 };
             }
@@ -124,7 +124,7 @@ impl CubefsProbe {
             .timeout(self.timeout)
             .send()
             .await
-            .map_err(|e| super::transport_failure(&e))?;
+            .map_err(super::transport_failure)?;
         if resp.status().as_u16() != 200 {
             return Err(Verdict::transient(
                 TransientKind::Unexpected,

@@ -101,7 +101,7 @@ impl Probe for HttpProbe {
             match resp {
                 // The status line is all we read; the body is dropped unread.
                 Ok(r) => self.classify(r.status().as_u16()),
-                Err(e) => super::transport_failure(&e),
+                Err(e) => super::transport_failure(e),
             }
         })
     }

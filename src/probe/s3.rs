@@ -64,7 +64,7 @@ impl S3Probe {
             .timeout(self.timeout)
             .send()
             .await
-            .map_err(|e| super::transport_failure(&e))?;
+            .map_err(super::transport_failure)?;
         let status = resp.status().as_u16();
         let body = super::read_body(resp, BODY_LIMIT).await?;
         Ok((status, body))
