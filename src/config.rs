@@ -617,8 +617,10 @@ pub struct HttpProbeSettings {
     /// Statuses meaning deleted; everything else is transient.
     #[serde(default = "default_deleted")]
     pub deleted: Vec<String>,
-    /// Treat deletion answers as weak evidence.
-    #[serde(default)]
+    /// Treat deletion answers as weak evidence (the default: a proxy or an ingress answers 404
+    /// for a moment while its backend restarts). `false` for an endpoint that is the system of
+    /// record.
+    #[serde(default = "yes")]
     pub weak: bool,
     /// Request timeout.
     #[serde(default = "two_seconds", with = "duration")]

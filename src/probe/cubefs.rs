@@ -346,12 +346,31 @@ enum ExecTime {
     At(SystemTime),
 }
 
-/// `DeleteExecTime`: RFC 3339 in UTC with nanoseconds, or Go's zero time for "unset".
+/// `DeleteExecTime`: RFC 3339 with nanoseconds, in UTC (`Z`) or with a numeric offset (a master
+/// running in another time zone writes `+08:00`), or Go's zero time for "unset".
 fn parse_exec_time(s: &str) -> Option<ExecTime> {
     if s.starts_with("0001-01-01T00:00:00") {
         return Some(ExecTime::Unset);
     }
-    humantime::parse_rfc3339(s).ok().map(ExecTime::At)
+    if s.ends_with('Z') || s.ends_with('z') {
+        return humantime::parse_rfc3339(s).ok().map(ExecTime::At);
+    }
+    // `…[+-]HH:MM`: the same wall time in UTC, moved by the offset.
+    let (local, offset) = s.split_at_checked(s.len().checked_sub(6)?)?;
+    let (sign, hhmm) = offset.split_at_checked(1)?;
+    let (hh, mm) = hhmm.split_once(':')?;
+    let (hh, mm): (u64, u64) = (hh.parse().ok()?, mm.parse().ok()?);
+    if hh > 23 || mm > 59 {
+        return None;
+    }
+    let shift = Duration::from_secs(hh * 3600 + mm * 60);
+    let wall = humantime::parse_rfc3339(&format!("{local}Z")).ok()?;
+    let utc = match sign {
+        "+" => wall.checked_sub(shift)?,
+        "-" => wall.checked_add(shift)?,
+        _ => return None,
+    };
+    Some(ExecTime::At(utc))
 }
 
 /// The `Cluster` field of an `/admin/getIp` answer.
@@ -366,6 +385,29 @@ pub fn cluster_name(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delete_exec_time_with_an_offset() {
+        let at = |s: &str| match parse_exec_time(s) {
+            Some(ExecTime::At(t)) => t,
+            _ => panic!("{s} not parsed"),
+        };
+        let utc = at("2026-11-30T12:00:00.123456789Z");
+        assert_eq!(at("2026-11-30T20:00:00.123456789+08:00"), utc);
+        assert_eq!(at("2026-11-30T06:30:00.123456789-05:30"), utc);
+        assert!(matches!(
+            parse_exec_time("0001-01-01T00:00:00+08:00"),
+            Some(ExecTime::Unset)
+        ));
+        for bad in [
+            "2026-11-30T20:00:00+8:00",
+            "2026-11-30T20:00:00+25:00",
+            "nonsense",
+            "",
+        ] {
+            assert!(parse_exec_time(bad).is_none(), "{bad}");
+        }
+    }
 
     const HEALTHY: &str = r#"{"code":0,"msg":"success","data":{"ID":4,"Name":"vol1","Owner":"cfsuser","Status":0,"Capacity":10,"Forbidden":false,"DeleteExecTime":"0001-01-01T00:00:00Z","VolType":0}}"#;
 

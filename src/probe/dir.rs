@@ -293,7 +293,12 @@ pub fn inspect(path: &Path, marker: Option<&Path>, require_mountpoint: bool) -> 
         use std::os::unix::fs::MetadataExt;
         match std::fs::metadata(parent) {
             Ok(p) if p.dev() == md.dev() && p.ino() != md.ino() => {
-                return deleted("not a mount point (is the volume unmounted?)".into());
+                // Weak: a client restarting (cfs-client, an NFS remount) leaves this for a while.
+                return Verdict::Deleted(Evidence {
+                    source: format!("dir {}", path.display()),
+                    detail: "not a mount point (is the volume unmounted?)".into(),
+                    strength: Strength::Weak,
+                });
             }
             Ok(_) => {}
             Err(e) => return io(&parent.display().to_string(), e),
