@@ -365,19 +365,43 @@ impl HealthSettings {
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let ms = Duration::from_millis;
-        for (key, v, min) in [
-            ("interval", self.interval, ms(100)),
-            ("standby_interval", self.standby_interval, ms(100)),
-            ("timeout", self.timeout, ms(10)),
-            ("confirm_interval", self.confirm_interval, ms(10)),
-            ("max_backoff", self.max_backoff, ms(100)),
+        let s = Duration::from_secs;
+        // A deleted volume must be noticed in useful time: an interval of years silently turns
+        // detection off, so every duration has a ceiling as well as a floor.
+        for (key, v, min, max) in [
+            ("interval", self.interval, ms(100), s(3600)),
+            ("standby_interval", self.standby_interval, ms(100), s(3600)),
+            ("timeout", self.timeout, ms(10), s(300)),
+            ("confirm_interval", self.confirm_interval, ms(10), s(60)),
+            ("max_backoff", self.max_backoff, ms(100), s(3600)),
+            (
+                "confirm_window",
+                self.confirm_window,
+                Duration::ZERO,
+                s(3600),
+            ),
+            (
+                "weak_confirm_window",
+                self.weak_confirm_window,
+                Duration::ZERO,
+                s(86_400),
+            ),
+            ("clock_skew", self.clock_skew, Duration::ZERO, s(86_400)),
         ] {
-            if v < min {
+            if v < min || v > max {
                 return Err((
                     key,
-                    format!("must be at least {}", humantime::format_duration(min)),
+                    format!(
+                        "must be between {} and {}, got {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max),
+                        humantime::format_duration(v)
+                    ),
                 ));
             }
+        }
+        if self.weak_confirmations > 10_000 {
+            return Err(("weak_confirmations", "must be at most 10000".into()));
         }
         if !(0.0..=0.5).contains(&self.jitter) {
             return Err(("jitter", "must be between 0 and 0.5".into()));
@@ -426,11 +450,17 @@ impl ProbeSettings {
                     ));
                 }
                 for m in &c.masters {
-                    let ok = m
-                        .rsplit_once(':')
-                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                    let ok = m.rsplit_once(':').is_some_and(|(h, p)| {
+                        !h.is_empty()
+                            && !h.contains('/')
+                            && !h.contains('@')
+                            && p.parse::<u16>().is_ok()
+                    });
                     if !ok {
-                        return Err(("masters", format!("{m:?} is not \"host:port\"")));
+                        return Err((
+                            "masters",
+                            format!("{m:?} is not \"host:port\" (no scheme, no path)"),
+                        ));
                     }
                 }
                 let name = c.volume.as_deref().unwrap_or(&volume.name);
@@ -754,15 +784,33 @@ impl Settings {
     /// Load, layer and validate the configuration.
     pub fn load(file: &Path, overrides: &Overrides) -> Result<Settings, ConfigError> {
         let file_origin = file.display().to_string();
-        if !file.is_file() {
+        let problem = match std::fs::metadata(file) {
+            Ok(md) if md.is_file() => None,
+            Ok(_) => Some("not a regular file".to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Some("config file not found".to_string())
+            }
+            // A symlink loop, a permission problem: say which.
+            Err(e) => Some(format!("cannot read the config file: {e}")),
+        };
+        if let Some(message) = problem {
             return Err(ConfigError {
                 origin: file_origin,
                 key: "-".into(),
-                message: if file.exists() {
-                    "not a regular file".into()
-                } else {
-                    "config file not found".into()
-                },
+                message,
+            });
+        }
+        // The volume table comes from the file only (see `origin_of`): an environment variable
+        // that would replace it is refused, not silently applied.
+        if let Some(name) = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .find(|k| k.starts_with(&format!("{ENV_PREFIX}VOLUMES")))
+        {
+            return Err(ConfigError {
+                origin: format!("environment ({name})"),
+                key: "volumes".into(),
+                message: "the volume table comes from the config file only; unset the variable"
+                    .into(),
             });
         }
         let figment = figment_for(file, overrides);
@@ -967,10 +1015,18 @@ pub fn load_and_prepare(file: &Path, overrides: &Overrides) -> Result<Settings, 
     Ok(settings)
 }
 
+/// `FAILOVERFS_*` variables, the prefix matched exactly (`failoverfs_mount__path` is not ours,
+/// as with any environment variable), `__` separating nested keys.
+fn env_settings() -> Env {
+    Env::raw()
+        .filter_map(|k| k.as_str().strip_prefix(ENV_PREFIX).map(|rest| rest.into()))
+        .split("__")
+}
+
 fn figment_for(file: &Path, o: &Overrides) -> Figment {
     let mut figment = Figment::new()
         .merge(Toml::file_exact(file))
-        .merge(Env::prefixed(ENV_PREFIX).split("__"));
+        .merge(env_settings());
     if let Some(v) = &o.mount_path {
         figment = figment.merge(Serialized::default("mount.path", v));
     }

@@ -132,6 +132,39 @@ fn bad_configs_exit_2_with_one_clear_line() {
 }
 
 #[test]
+fn settings_that_would_turn_detection_off_are_refused() {
+    // Durations without a ceiling: a deleted primary would never be noticed.
+    for key in ["interval", "confirm_interval", "timeout", "max_backoff"] {
+        let l = Layout::new(1, "", &format!("[health]\n{key} = \"500000000y\"\n"));
+        assert_file_error(&l, &format!("health.{key}"));
+    }
+    // A master given as a URL is "host:port" only in appearance.
+    let l = Layout::with_volumes(1, "", "", |_| {
+        "probe = { kind = \"cubefs\", masters = [\"http://h:17010\"], volume = \"vol1\" }".into()
+    });
+    assert_file_error(&l, "masters");
+    // The volume table never comes from the environment.
+    let l = Layout::new(1, "", "");
+    assert_config_error(
+        &l.config,
+        &[],
+        &[("FAILOVERFS_VOLUMES", "[]")],
+        "volumes",
+        "FAILOVERFS_VOLUMES",
+    );
+    // The prefix is matched exactly, like any environment variable name.
+    let (code, _, err) = run(
+        &["check", "--config", l.config.to_str().unwrap()],
+        &[("failoverfs_mount__threads", "0")],
+    );
+    assert_ne!(code, 2, "{err}");
+    // A config path that is a symlink loop says so.
+    let looped = l.dir.path().join("loop.toml");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    assert_config_error(&looped, &[], &[], "loop.toml", "symbolic links");
+}
+
+#[test]
 fn check_prints_the_volume_table() {
     let l = Layout::new(2, "", "");
     let (code, out, err) = run(&["check", "--config", l.config.to_str().unwrap()], &[]);
