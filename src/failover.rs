@@ -157,6 +157,9 @@ pub struct AuditEntry {
     pub outcome: Outcome,
 }
 
+/// Switches kept in the audit list (the oldest go first; every one was logged).
+pub const AUDIT_KEPT: usize = 1000;
+
 /// Opens volume `index` of the table afresh (blocking). Given by the code that opened the table.
 pub type Opener = dyn Fn(usize) -> Result<Arc<Volume>, String> + Send + Sync;
 
@@ -526,7 +529,11 @@ impl Controller {
             ),
             Outcome::Refused => tracing::warn!(reason = %e.reason, "manual switch refused"),
         }
-        self.audit.lock().push(e);
+        let mut audit = self.audit.lock();
+        if audit.len() >= AUDIT_KEPT {
+            audit.remove(0);
+        }
+        audit.push(e);
     }
 }
 

@@ -16,6 +16,7 @@ use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -143,9 +144,55 @@ fn errno(op: &'static str, ino: u64, e: Error) -> Errno {
     match e.level() {
         Level::Quiet => tracing::trace!(op, ino, error = %e, "operation failed"),
         Level::Debug => tracing::debug!(op, ino, error = %e, "operation failed"),
-        Level::Warn => tracing::warn!(op, ino, error = %e, "operation failed"),
+        Level::Warn => match WARNINGS.admit() {
+            Some(0) => tracing::warn!(op, ino, error = %e, "operation failed"),
+            Some(suppressed) => tracing::warn!(
+                op, ino, error = %e, suppressed,
+                "operation failed (and {suppressed} more not logged)"
+            ),
+            None => tracing::debug!(op, ino, error = %e, "operation failed"),
+        },
     }
     Errno::from_i32(e.errno())
+}
+
+/// Failed operations logged at WARN: at most [`WarnLimit::BURST`] per
+/// [`WarnLimit::WINDOW_SECS`]; the others go to DEBUG and are counted in the next WARN line. A
+/// failing volume must not turn every read of a busy application into a log line.
+static WARNINGS: WarnLimit = WarnLimit {
+    window: AtomicU64::new(u64::MAX),
+    used: AtomicU64::new(0),
+    suppressed: AtomicU64::new(0),
+};
+
+struct WarnLimit {
+    window: AtomicU64,
+    used: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl WarnLimit {
+    const BURST: u64 = 10;
+    const WINDOW_SECS: u64 = 10;
+
+    /// `Some(suppressed so far)` when this warning may be logged, `None` when it is one too many.
+    fn admit(&self) -> Option<u64> {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs()
+            / Self::WINDOW_SECS;
+        if self.window.swap(now, Ordering::Relaxed) != now {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < Self::BURST {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// Answer an xattr request: the size when `size` is 0, the value when it fits, `ERANGE` else.
@@ -672,5 +719,26 @@ impl Filesystem for FuseFs {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(errno("copy_file_range", ino_in.0, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_are_limited_and_the_rest_counted() {
+        let w = WarnLimit {
+            window: AtomicU64::new(u64::MAX),
+            used: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        };
+        let admitted = (0..100).filter(|_| w.admit().is_some()).count() as u64;
+        assert_eq!(admitted, WarnLimit::BURST);
+        assert_eq!(w.suppressed.load(Ordering::Relaxed), 100 - WarnLimit::BURST);
+        // The next window reports what was left out.
+        w.window.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(w.admit(), Some(100 - WarnLimit::BURST));
+        assert_eq!(w.admit(), Some(0));
     }
 }
