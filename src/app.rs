@@ -26,18 +26,69 @@ use crate::exit::Exit;
 use crate::failover::{AuditEntry, Controller, KernelCache, Opener, Outcome, Trigger};
 use crate::fuse::session::{MountOptions, Mounted, Unmounted};
 use crate::fuse::{FuseFs, NotifierCache, Ttls};
-use crate::monitor::{Health, Monitor, Watched};
+use crate::monitor::{Health, Monitor, Watched, probe_once};
+use crate::probe::Verdict;
 use crate::probe::dir::RootWatch;
 use crate::routing::{Route, Router, Volume, WaitPolicy};
 use crate::vfs::{Vfs, VfsOptions};
+
+/// How long the start waits for the kernel's FUSE handshake before it says so.
+const READY_WAIT: Duration = Duration::from_secs(10);
+
+/// Tell systemd (`Type=notify`) that the mount serves: `READY=1` on `$NOTIFY_SOCKET`, a path or an
+/// abstract name (`@…`). Without the variable, nothing to do.
+fn notify_systemd_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let target = target.as_encoded_bytes();
+    let addr = match target.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => {
+            SocketAddr::from_pathname(std::path::Path::new(std::ffi::OsStr::from_bytes(target)))
+        }
+    };
+    let sent = UnixDatagram::unbound()
+        .and_then(|sock| addr.and_then(|a| sock.send_to_addr(b"READY=1\n", &a)));
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
+    }
+}
 
 /// How long an unmount waits for open files before aborting the connection.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
 
 /// Why the process could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartError(pub String);
+#[error("{message}")]
+pub struct StartError {
+    /// What went wrong, for the one log line.
+    pub message: String,
+    /// How the process ends: [`Exit::Usage`] when the configuration cannot work (a primary its
+    /// own probes say does not exist), [`Exit::Failure`] otherwise.
+    pub exit: Exit,
+}
+
+impl StartError {
+    /// A runtime failure (exit 1: a supervisor may retry).
+    pub fn failure(message: impl Into<String>) -> StartError {
+        StartError {
+            message: message.into(),
+            exit: Exit::Failure,
+        }
+    }
+
+    /// The configuration cannot work (exit 2).
+    pub fn usage(message: impl Into<String>) -> StartError {
+        StartError {
+            message: message.into(),
+            exit: Exit::Usage,
+        }
+    }
+}
 
 /// Wraps a volume's backend as it is opened (index in the table, backend): the seam tests and
 /// drills use to inject faults ([`crate::backend::faulty`]).
@@ -87,7 +138,7 @@ impl App {
             .thread_name("failoverfs-rt")
             .enable_all()
             .build()
-            .map_err(|e| StartError(format!("cannot start the async runtime: {e}")))?;
+            .map_err(|e| StartError::failure(format!("cannot start the async runtime: {e}")))?;
         // Listen for stop signals before the mount exists, so a signal never finds the default
         // action (terminate without unmounting) in place.
         let signals = {
@@ -137,7 +188,7 @@ impl App {
                     volumes.push(Some(volume))
                 }
                 Err(e) if index == 0 => {
-                    return Err(StartError(format!(
+                    return Err(StartError::failure(format!(
                         "cannot open the primary volume {:?} ({}): {e}",
                         v.name, v.backend
                     )));
@@ -149,11 +200,11 @@ impl App {
             }
         }
         let Some(Some(primary)) = volumes.first().cloned() else {
-            return Err(StartError("the volume table is empty".into()));
+            return Err(StartError::failure("the volume table is empty"));
         };
 
         // Probe every volume, the primary as the active one.
-        let client = crate::probe::http_client().map_err(StartError)?;
+        let client = crate::probe::http_client().map_err(StartError::failure)?;
         let watched = settings
             .volumes
             .iter()
@@ -172,7 +223,29 @@ impl App {
                     policy,
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // Evidence before belief: the primary's probes answer once before anything is served.
+        if let Some(first) = watched.first() {
+            let (verdict, answers) =
+                runtime.block_on(probe_once(&first.probes, first.policy.timeout));
+            match verdict {
+                Verdict::Deleted(e) | Verdict::PendingDelete(e) => {
+                    return Err(StartError::usage(format!(
+                        "the primary volume {:?} is not there according to its probes ({e}): \
+                         check its name, marker and path (`failoverfs check` shows every answer)",
+                        first.name
+                    )));
+                }
+                Verdict::Transient { kind, detail } => tracing::warn!(
+                    volume = %first.name,
+                    kind = kind.label(),
+                    detail,
+                    probes = answers.len(),
+                    "no probe of the primary answered with authority; mounting, watching it"
+                ),
+                Verdict::Healthy { .. } => {}
+            }
+        }
         let monitor = Arc::new(Monitor::spawn(runtime.handle(), watched, 0));
 
         let failover = effective_failover(settings.failover);
@@ -192,7 +265,9 @@ impl App {
             },
         ));
         let ended = Arc::new(Notify::new());
+        let ready = Arc::new(Notify::new());
         let fs = FuseFs::new(
+            ready.clone(),
             vfs.clone(),
             Ttls {
                 attr: settings.mount.attr_ttl,
@@ -213,14 +288,15 @@ impl App {
         // Stacking on a live FUSE mount (another failoverfs, or any FUSE client) would hide it,
         // and stopping one would unmount the other's path.
         if crate::fuse::session::is_mounted(&mount_path) {
-            return Err(StartError(format!(
+            return Err(StartError::failure(format!(
                 "cannot mount at {}: a FUSE filesystem (another failoverfs?) is already mounted \
                  there; unmount it first",
                 mount_path.display()
             )));
         }
-        let mounted = Mounted::mount(fs, &opts)
-            .map_err(|e| StartError(format!("cannot mount at {}: {e}", mount_path.display())))?;
+        let mounted = Mounted::mount(fs, &opts).map_err(|e| {
+            StartError::failure(format!("cannot mount at {}: {e}", mount_path.display()))
+        })?;
         tracing::info!(
             mount = %mount_path.display(),
             volume = %primary.name,
@@ -229,6 +305,20 @@ impl App {
             auto_unmount = mounted.auto_unmount(),
             "mounted"
         );
+        // Ready once the kernel's INIT was answered (the daemon never looks at its own mount
+        // point to find out: see `fuse::session`).
+        let handshake = async { tokio::time::timeout(READY_WAIT, ready.notified()).await };
+        match runtime.block_on(handshake) {
+            Ok(()) => {
+                tracing::info!(mount = %mount_path.display(), volume = %primary.name, "ready");
+                notify_systemd_ready();
+            }
+            Err(_) => tracing::warn!(
+                mount = %mount_path.display(),
+                waited = ?READY_WAIT,
+                "the kernel has not started the FUSE session yet; serving when it does"
+            ),
+        }
         let cache: Arc<dyn KernelCache> = Arc::new(NotifierCache::new(mounted.notifier()));
         let controller =
             Controller::new(router.clone(), vfs.clone(), volumes, failover, Some(cache))
@@ -405,7 +495,9 @@ impl Signals {
             signal(SignalKind::terminate()),
         ) {
             (Ok(int), Ok(term)) => Ok(Signals { int, term }),
-            (Err(e), _) | (_, Err(e)) => Err(StartError(format!("cannot listen for signals: {e}"))),
+            (Err(e), _) | (_, Err(e)) => Err(StartError::failure(format!(
+                "cannot listen for signals: {e}"
+            ))),
         }
     }
 

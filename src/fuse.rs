@@ -73,12 +73,19 @@ pub struct FuseFs {
     vfs: Arc<Vfs>,
     ttl: Ttls,
     ended: Arc<Notify>,
+    ready: Arc<Notify>,
 }
 
 impl FuseFs {
-    /// Serve `vfs`; `ended` is notified when the session ends (unmounted, or connection lost).
-    pub fn new(vfs: Arc<Vfs>, ttl: Ttls, ended: Arc<Notify>) -> FuseFs {
-        FuseFs { vfs, ttl, ended }
+    /// Serve `vfs`; `ready` is notified when the kernel's INIT is answered, `ended` when the
+    /// session ends (unmounted, or connection lost).
+    pub fn new(ready: Arc<Notify>, vfs: Arc<Vfs>, ttl: Ttls, ended: Arc<Notify>) -> FuseFs {
+        FuseFs {
+            vfs,
+            ttl,
+            ended,
+            ready,
+        }
     }
 
     fn reply_entry(&self, e: Entry, reply: ReplyEntry) {
@@ -223,6 +230,8 @@ impl Filesystem for FuseFs {
             let _ = config.add_capabilities(flag);
         }
         tracing::debug!("FUSE session initialised");
+        // The reply to INIT follows as soon as this returns.
+        self.ready.notify_one();
         Ok(())
     }
 

@@ -117,7 +117,7 @@ fn main() -> ExitCode {
                     Ok(app) => app.run(),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start");
-                        Exit::Failure
+                        e.exit
                     }
                 }
             }

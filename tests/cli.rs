@@ -375,3 +375,39 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
     m.signal(Signal::SIGTERM);
     assert_eq!(m.wait(Duration::from_secs(20)), Some(0));
 }
+
+#[test]
+fn a_primary_its_probes_say_is_not_there_is_not_mounted() {
+    // The volume carries `.volume`; the configuration names `.volumes`.
+    let l = Layout::with_volumes(2, "", "", |i| {
+        if i == 0 {
+            "probe = { kind = \"dir\", marker = \".volumes\" }".into()
+        } else {
+            String::new()
+        }
+    });
+    std::fs::write(l.vols[0].join(".volume"), b"").unwrap();
+    let (code, _, err) = run(&["mount", "--config", l.config.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("\"v0\"") && err.contains(".volumes"), "{err}");
+    assert!(!is_mounted(&l.mnt));
+}
+
+#[test]
+fn readiness_is_logged_and_told_to_systemd() {
+    let l = Layout::new(1, "", "");
+    let socket = l.dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mnt = l.mnt.clone();
+    let mut m =
+        BinMount::start_with_env(l, &[], &[("NOTIFY_SOCKET", socket.to_str().unwrap())], &mnt);
+    let mut buf = [0u8; 64];
+    let n = listener.recv(&mut buf).expect("a notification");
+    assert_eq!(&buf[..n], b"READY=1\n");
+    assert!(m.stderr().contains("ready"), "{}", m.stderr());
+    m.signal(Signal::SIGTERM);
+    assert_eq!(m.wait(Duration::from_secs(20)), Some(0));
+}

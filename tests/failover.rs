@@ -610,9 +610,9 @@ fn a_manual_switch_with_no_target_keeps_serving_the_same_files() {
 }
 
 #[test]
-fn a_misspelt_marker_is_a_configuration_error_not_a_deletion() {
+fn a_misspelt_standby_marker_is_a_configuration_error_not_a_deletion() {
     let layout = Layout::with_volumes(2, "", &fast(), |i| {
-        if i == 0 {
+        if i == 1 {
             // The volume has `.volume`; the configuration names `.volumes`.
             "probe = { kind = \"dir\", marker = \".volumes\" }".into()
         } else {
@@ -620,14 +620,14 @@ fn a_misspelt_marker_is_a_configuration_error_not_a_deletion() {
         }
     });
     populate(&layout);
-    fs::write(layout.vols[0].join(".volume"), b"").unwrap();
+    fs::write(layout.vols[1].join(".volume"), b"").unwrap();
     let fx = Fixture::mount(layout);
     // Many rounds, each a "deletion" answer, far more than confirmation needs (3 in 100 ms).
-    let rounds0 = fx.app().monitor().states()[0].rounds;
+    let rounds0 = fx.app().monitor().states()[1].rounds;
     wait_until(Duration::from_secs(30), "15 probe rounds", || {
-        fx.app().monitor().states()[0].rounds >= rounds0 + 15
+        fx.app().monitor().states()[1].rounds >= rounds0 + 15
     });
-    let state = fx.app().monitor().states()[0].clone();
+    let state = fx.app().monitor().states()[1].clone();
     assert!(
         matches!(
             state.health,
@@ -639,6 +639,10 @@ fn a_misspelt_marker_is_a_configuration_error_not_a_deletion() {
         "{:?}",
         state.health
     );
-    assert!(fx.app().audit().is_empty(), "{:?}", fx.app().audit());
-    assert_eq!(fs::read(fx.path("both/a")).unwrap(), content(0, "both/a"));
+    // It is no switch target either: the primary's deletion finds nothing to switch to.
+    fs::rename(&fx.layout.vols[0], fx.layout.dir.path().join("v0.gone")).unwrap();
+    wait_until(Duration::from_secs(30), "the switch attempt", || {
+        !fx.app().audit().is_empty()
+    });
+    assert_eq!(fx.app().audit()[0].outcome, Outcome::NoTarget);
 }
