@@ -281,7 +281,18 @@ impl App {
             read_only: settings.mount.read_only,
             allow_other: settings.mount.allow_other,
             threads: settings.mount.threads,
-            fsname: format!("failoverfs:{}", primary.name),
+            // The whole table, in order: the mount's source names no single volume, because the
+            // one serving changes with every switch (`status` and the log say which serves).
+            fsname: format!(
+                "failoverfs:{}",
+                settings
+                    .volumes
+                    .iter()
+                    // A comma would end the mount option; keep the name readable and inert.
+                    .map(|v| v.name.replace(|c: char| c == ',' || c.is_whitespace(), "_"))
+                    .collect::<Vec<_>>()
+                    .join("+")
+            ),
             suid: settings.mount.suid,
             dev: settings.mount.dev,
         };

@@ -622,6 +622,20 @@ fn mount_options(mnt: &std::path::Path) -> String {
 }
 
 #[test]
+fn the_mount_source_names_the_volume_table_not_one_volume() {
+    let fx = Fixture::new(2);
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = fx.layout.mnt.to_str().unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(want))
+        .unwrap();
+    // After the optional fields: " - fstype source super-options".
+    let source = line.split(" - ").nth(1).and_then(|t| t.split(' ').nth(1));
+    assert_eq!(source, Some("failoverfs:v0+v1"), "{line}");
+}
+
+#[test]
 fn nosuid_nodev_by_default_and_opt_ins() {
     let fx = Fixture::new(1);
     let opts = mount_options(&fx.layout.mnt);

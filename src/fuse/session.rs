@@ -30,7 +30,7 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Worker threads.
     pub threads: usize,
-    /// Source name shown in `/proc/mounts` (`failoverfs:<primary>`).
+    /// Source name shown in `/proc/mounts` (`failoverfs:<volume>+<volume>+…`, the table).
     pub fsname: String,
     /// `suid` instead of `nosuid`.
     pub suid: bool,
