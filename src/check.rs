@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use crate::config::Settings;
+use crate::exit::Exit;
 use crate::probe::Verdict;
 
 /// One row of the report.
@@ -90,6 +91,22 @@ pub fn check(settings: &Settings) -> Vec<VolumeReport> {
             }
         })
         .collect()
+}
+
+/// How `check` ends: [`Exit::Failure`] when a volume cannot serve (it does not open, or its
+/// probes say it is deleted), else [`Exit::Inconclusive`] when some volume's probes reached
+/// nothing authoritative, else [`Exit::Clean`] (every volume answered healthy with authority).
+pub fn exit_code(rows: &[VolumeReport]) -> Exit {
+    if rows.is_empty() || rows.iter().any(|r| !r.usable) {
+        Exit::Failure
+    } else if rows
+        .iter()
+        .any(|r| !matches!(r.verdict, Verdict::Healthy { .. }))
+    {
+        Exit::Inconclusive
+    } else {
+        Exit::Clean
+    }
 }
 
 /// Print the report as a table, then each probe's answer.

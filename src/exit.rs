@@ -14,6 +14,9 @@ pub enum Exit {
     Usage = 2,
     /// The active volume was deleted and no standby was usable: do not restart.
     VolumeDeleted = 3,
+    /// `check` only: every volume opens and none is deleted, but some volume's probes reached
+    /// nothing authoritative (masters down, wrong endpoint): deletion detection would be blind.
+    Inconclusive = 4,
 }
 
 impl From<Exit> for std::process::ExitCode {

@@ -128,11 +128,7 @@ fn main() -> ExitCode {
                 init_logging(&settings.log);
                 let rows = failoverfs::check::check(&settings);
                 let _ = failoverfs::check::print(&mut std::io::stdout(), &rows);
-                if rows.first().is_some_and(|r| r.usable) {
-                    Exit::Clean
-                } else {
-                    Exit::Failure
-                }
+                failoverfs::check::exit_code(&rows)
             }
             Err(exit) => exit,
         },

@@ -211,6 +211,46 @@ fn check_runs_the_probes_once_and_reports_their_answers() {
 }
 
 #[test]
+fn check_is_strict_about_answers_without_authority() {
+    use common::fake_master::FakeCluster;
+    let c = FakeCluster::start(1);
+    c.create("vol1");
+    c.set_cluster_name("prod");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .to_string();
+    let with_probe = |probe: String| {
+        let l = Layout::new(1, "", "");
+        let text = std::fs::read_to_string(&l.config).unwrap();
+        let text = text.replacen("name = \"v0\"\n", &format!("name = \"v0\"\n{probe}\n"), 1);
+        std::fs::write(&l.config, text).unwrap();
+        l
+    };
+    // Masters on a closed port: nothing authoritative answered. Not "all is well".
+    let l = with_probe(format!(
+        "probe = {{ kind = \"cubefs\", masters = [\"{closed}\"], volume = \"vol1\", timeout = \"300ms\" }}"
+    ));
+    let (code, out, err) = run(&["check", "--config", l.config.to_str().unwrap()], &[]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(out.contains("inconclusive"), "{out}");
+    // A wrong `cluster` on a healthy volume is found at once, not at the first deletion.
+    let masters = format!("{:?}", c.addrs());
+    let l = with_probe(format!(
+        "probe = {{ kind = \"cubefs\", masters = {masters}, volume = \"vol1\", cluster = \"staging\" }}"
+    ));
+    let (code, out, err) = run(&["check", "--config", l.config.to_str().unwrap()], &[]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(out.contains("wrong-cluster"), "{out}");
+    // The right one: exit 0.
+    let l = with_probe(format!(
+        "probe = {{ kind = \"cubefs\", masters = {masters}, volume = \"vol1\", cluster = \"prod\" }}"
+    ));
+    let (code, out, err) = run(&["check", "--config", l.config.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
 fn help_explains_every_flag() {
     for (cmd, flags) in [
         (

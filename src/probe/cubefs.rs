@@ -169,11 +169,9 @@ impl Probe for CubefsProbe {
                     last = answer.verdict;
                     continue;
                 }
-                if matches!(
-                    answer.verdict,
-                    Verdict::Deleted(_) | Verdict::PendingDelete(_)
-                ) && let Err(v) = self.same_cluster(index).await
-                {
+                // Any decisive answer, healthy ones too, counts only from the right cluster (checked
+                // once per master): a wrong `cluster` must not pass unnoticed until a deletion.
+                if let Err(v) = self.same_cluster(index).await {
                     last = v;
                     continue;
                 }
