@@ -21,14 +21,14 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::backend::Backend;
-use crate::config::{BackendSettings, FailoverSettings, LeaveMount, Settings};
+use crate::config::{BackendSettings, FailoverSettings, HoldWrites, LeaveMount, Settings};
 use crate::exit::Exit;
 use crate::failover::{AuditEntry, Controller, KernelCache, Opener, Outcome, Trigger};
 use crate::fuse::session::{MountOptions, Mounted, Unmounted};
 use crate::fuse::{FuseFs, NotifierCache, Ttls};
 use crate::monitor::{Health, Monitor, Watched, probe_once};
-use crate::probe::Verdict;
 use crate::probe::dir::RootWatch;
+use crate::probe::{Strength, Verdict};
 use crate::routing::{Route, Router, Volume, WaitPolicy};
 use crate::vfs::{Vfs, VfsOptions};
 
@@ -543,15 +543,23 @@ impl Supervisor {
             let Some(mut state) = self.monitor.subscribe(self.active) else {
                 return self.stop(true).await;
             };
-            let deleted = {
+            let (deleted, suspect) = {
                 let s = state.borrow_and_update();
-                match &s.health {
+                let deleted = match &s.health {
                     Health::Deleted {
                         evidence, pending, ..
                     } => Some((evidence.to_string(), *pending, s.since)),
                     _ => None,
-                }
+                };
+                let suspect = match &s.health {
+                    Health::Suspect { evidence, .. } if evidence.strength == Strength::Strong => {
+                        Some(evidence.to_string())
+                    }
+                    _ => None,
+                };
+                (deleted, suspect)
             };
+            self.hold_changes(suspect);
             if let Some((evidence, pending, since)) = deleted {
                 let trigger = Trigger::Deleted { evidence, pending };
                 if let (Some(exit), _) = self.switch(trigger, since).await {
@@ -592,6 +600,32 @@ impl Supervisor {
                 }
                 _ = state.changed() => {}
             }
+        }
+    }
+
+    /// Hold changes on the current route while the active volume is suspected deleted (strong
+    /// evidence, `hold_writes = "suspect"`), release them when the suspicion clears. A switch
+    /// publishes a route that holds nothing.
+    fn hold_changes(&self, suspect: Option<String>) {
+        if self.settings.hold_writes != HoldWrites::Suspect {
+            return;
+        }
+        let route = self.router.current();
+        if route.is_held() == suspect.is_some() {
+            return;
+        }
+        self.router
+            .hold_changes(route.generation(), suspect.is_some());
+        match suspect {
+            Some(evidence) => tracing::warn!(
+                volume = %route.volume().name,
+                evidence,
+                "holding changes: the active volume is suspected deleted (reads go on)"
+            ),
+            None => tracing::info!(
+                volume = %route.volume().name,
+                "changes released: the suspicion cleared"
+            ),
         }
     }
 

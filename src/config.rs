@@ -160,6 +160,20 @@ pub struct FailoverSettings {
     pub leave_mount: LeaveMount,
     /// What every operation gets on a fenced mount.
     pub fence_errno: Errno,
+    /// While strong deletion answers about the active volume accumulate (before the verdict),
+    /// operations that change data or metadata wait, at most `drain_timeout`, instead of running
+    /// on a volume that is probably going away (`suspect`); or they run (`never`).
+    pub hold_writes: HoldWrites,
+}
+
+/// `hold_writes`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldWrites {
+    /// Hold changes while the active volume is suspected deleted (strong evidence).
+    Suspect,
+    /// Never hold.
+    Never,
 }
 
 impl Default for FailoverSettings {
@@ -172,6 +186,7 @@ impl Default for FailoverSettings {
             stale_errno: Errno(libc::ESTALE),
             leave_mount: LeaveMount::Unmount,
             fence_errno: Errno(libc::ENODEV),
+            hold_writes: HoldWrites::Suspect,
         }
     }
 }

@@ -19,7 +19,7 @@
 //!   the ticket drops, one atomic subtract. Locks exist only on the slow path (a closed gate).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
@@ -142,6 +142,7 @@ pub struct Route {
     volume: Arc<Volume>,
     fenced: Option<i32>,
     gate: Gate,
+    held: AtomicBool,
 }
 
 impl Route {
@@ -152,6 +153,7 @@ impl Route {
             volume,
             fenced: None,
             gate: Gate::default(),
+            held: AtomicBool::new(false),
         }
     }
 
@@ -163,6 +165,7 @@ impl Route {
             volume,
             fenced: Some(errno),
             gate: Gate::default(),
+            held: AtomicBool::new(false),
         };
         route.gate.close();
         route
@@ -186,6 +189,11 @@ impl Route {
     /// The route's gate.
     pub fn gate(&self) -> &Gate {
         &self.gate
+    }
+
+    /// Whether changes are held on this route (its volume is suspected deleted).
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
     }
 }
 
@@ -297,6 +305,67 @@ impl Router {
         let generation = route.generation;
         drop(route);
         self.enter_after(generation)
+    }
+
+    /// Admit an operation that changes data or metadata: like [`Router::enter`], but while the
+    /// route holds changes (its volume is suspected deleted) wait until it releases them or a
+    /// newer route is published, at most [`WaitPolicy::max_wait`]; still held then, fail with
+    /// [`WaitPolicy::errno`]. One more atomic load on the hot path.
+    #[inline]
+    pub fn enter_change(&self) -> Result<Ticket> {
+        let ticket = self.enter()?;
+        if !ticket.route.held.load(Ordering::Acquire) {
+            return Ok(ticket);
+        }
+        self.wait_release(ticket)
+    }
+
+    #[cold]
+    fn wait_release(&self, ticket: Ticket) -> Result<Ticket> {
+        let deadline = Instant::now() + self.policy.max_wait;
+        let generation = ticket.generation();
+        drop(ticket);
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let released = {
+            let mut published = self.published.lock();
+            loop {
+                let route = self.current.load();
+                if route.generation != generation || !route.held.load(Ordering::Acquire) {
+                    break true;
+                }
+                drop(route);
+                if self
+                    .republished
+                    .wait_until(&mut published, deadline)
+                    .timed_out()
+                {
+                    break false;
+                }
+            }
+        };
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        if released {
+            self.enter()
+        } else {
+            Err(Error::unavailable(self.policy.errno))
+        }
+    }
+
+    /// Hold (`true`) or release changes on the current route, if it is still `generation`.
+    /// Only the supervisor calls this (it watches the active volume's state).
+    pub fn hold_changes(&self, generation: u64, hold: bool) -> bool {
+        let route = self.current.load();
+        if route.generation != generation {
+            return false;
+        }
+        let was = route.held.swap(hold, Ordering::AcqRel);
+        if was && !hold {
+            // Under the lock: a waiter checks the flag under it before it sleeps.
+            let _published = self.published.lock();
+            self.republished.notify_all();
+        }
+        true
     }
 
     /// Admit an operation to a route newer than `generation`. Used to retry an idempotent

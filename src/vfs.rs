@@ -141,8 +141,25 @@ impl Vfs {
     /// Run `f` on the current route; retry once on the next route when it is safe and the
     /// failure came from a route that is going away.
     #[inline]
-    fn run<T>(&self, retry: Retry, mut f: impl FnMut(&Ticket) -> Result<T>) -> Result<T> {
-        let ticket = self.router.enter()?;
+    fn run<T>(&self, retry: Retry, f: impl FnMut(&Ticket) -> Result<T>) -> Result<T> {
+        self.admitted(self.router.enter()?, retry, f)
+    }
+
+    /// [`Vfs::run`] for an operation that changes data or metadata: refused on a read-only
+    /// mount, and held while the volume is suspected deleted ([`Router::enter_change`]).
+    #[inline]
+    fn change<T>(&self, retry: Retry, f: impl FnMut(&Ticket) -> Result<T>) -> Result<T> {
+        self.writable()?;
+        self.admitted(self.router.enter_change()?, retry, f)
+    }
+
+    #[inline]
+    fn admitted<T>(
+        &self,
+        ticket: Ticket,
+        retry: Retry,
+        mut f: impl FnMut(&Ticket) -> Result<T>,
+    ) -> Result<T> {
         match f(&ticket) {
             Err(e) if e.retryable() && self.may_retry(retry) => {
                 let generation = ticket.generation();
@@ -287,8 +304,7 @@ impl Vfs {
         if set.is_empty() {
             return self.getattr(ino, fh);
         }
-        self.writable()?;
-        self.run(Retry::Never, |t| {
+        self.change(Retry::Never, |t| {
             if let Some(fh) = fh {
                 return self.file_of(t, fh)?.setattr(set);
             }
@@ -321,8 +337,7 @@ impl Vfs {
         rdev: u32,
         who: Caller,
     ) -> Result<Entry> {
-        self.writable()?;
-        self.run(Retry::Never, |t| {
+        self.change(Retry::Never, |t| {
             let dir = self.inodes.path(parent)?;
             let attr = t.volume().backend.mknod(&dir, name, mode, rdev, who)?;
             self.entry(t, parent, name, attr)
@@ -331,8 +346,7 @@ impl Vfs {
 
     /// `mkdir`.
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, who: Caller) -> Result<Entry> {
-        self.writable()?;
-        self.run(Retry::Never, |t| {
+        self.change(Retry::Never, |t| {
             let dir = self.inodes.path(parent)?;
             let attr = t.volume().backend.mkdir(&dir, name, mode, who)?;
             self.entry(t, parent, name, attr)
@@ -341,8 +355,7 @@ impl Vfs {
 
     /// `unlink`.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
-        self.writable()?;
-        self.run(Retry::Never, |t| {
+        self.change(Retry::Never, |t| {
             t.volume()
                 .backend
                 .unlink(&self.inodes.path(parent)?, name)?;
@@ -353,8 +366,7 @@ impl Vfs {
 
     /// `rmdir`.
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
-        self.writable()?;
-        self.run(Retry::Never, |t| {
+        self.change(Retry::Never, |t| {
             t.volume().backend.rmdir(&self.inodes.path(parent)?, name)?;
             self.inodes.unlink(parent, name);
             Ok(())
@@ -363,8 +375,7 @@ impl Vfs {
 
     /// `symlink`: the target is stored verbatim.
     pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, who: Caller) -> Result<Entry> {
-        self.writable()?;
-        self.run(Retry::Never, |t| {
+        self.change(Retry::Never, |t| {
             let dir = self.inodes.path(parent)?;
             let attr = t.volume().backend.symlink(&dir, name, target, who)?;
             self.entry(t, parent, name, attr)
@@ -380,8 +391,7 @@ impl Vfs {
         new_name: &OsStr,
         flags: u32,
     ) -> Result<()> {
-        self.writable()?;
-        self.run(Retry::Never, |t| {
+        self.change(Retry::Never, |t| {
             let from = self.inodes.path(parent)?;
             let to = self.inodes.path(new_parent)?;
             t.volume()
@@ -396,8 +406,7 @@ impl Vfs {
 
     /// `link`: a new name for `ino`.
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> Result<Entry> {
-        self.writable()?;
-        self.run(Retry::Never, |t| {
+        self.change(Retry::Never, |t| {
             let path = self.inodes.path(ino)?;
             let dir = self.inodes.path(new_parent)?;
             let attr = t.volume().backend.link(&path, &dir, new_name)?;
@@ -430,8 +439,7 @@ impl Vfs {
         flags: i32,
         who: Caller,
     ) -> Result<(Entry, u64)> {
-        self.writable()?;
-        self.run(Retry::Never, |t| {
+        self.change(Retry::Never, |t| {
             let dir = self.inodes.path(parent)?;
             let (file, attr) = t.volume().backend.create(&dir, name, mode, flags, who)?;
             let entry = self.entry(t, parent, name, attr)?;
@@ -458,8 +466,7 @@ impl Vfs {
         data: &[u8],
         kill_privileges: Option<Caller>,
     ) -> Result<usize> {
-        self.writable()?;
-        self.run(Retry::Write(fh), |t| {
+        self.change(Retry::Write(fh), |t| {
             let file = self.file_of(t, fh)?;
             match kill_privileges {
                 None => file.write_at(data, offset),
@@ -485,8 +492,7 @@ impl Vfs {
 
     /// `fallocate`.
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32, who: Caller) -> Result<()> {
-        self.writable()?;
-        self.run(Retry::Never, |t| {
+        self.change(Retry::Never, |t| {
             self.file_of(t, fh)?.allocate(offset, len, mode, who)
         })
     }
@@ -506,8 +512,7 @@ impl Vfs {
         len: u64,
         who: Caller,
     ) -> Result<usize> {
-        self.writable()?;
-        self.run(Retry::Never, |t| {
+        self.change(Retry::Never, |t| {
             let src = self.file_of(t, fh_in)?;
             let dst = self.file_of(t, fh_out)?;
             src.copy_range(off_in, dst.as_ref(), off_out, len, who)
@@ -677,8 +682,7 @@ impl Vfs {
 
     /// `setxattr`.
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        self.writable()?;
-        self.run(Retry::Never, |t| {
+        self.change(Retry::Never, |t| {
             t.volume()
                 .backend
                 .setxattr(&self.inodes.path(ino)?, name, value, flags)
@@ -694,8 +698,7 @@ impl Vfs {
 
     /// `removexattr`.
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
-        self.writable()?;
-        self.run(Retry::Never, |t| {
+        self.change(Retry::Never, |t| {
             t.volume()
                 .backend
                 .removexattr(&self.inodes.path(ino)?, name)

@@ -646,3 +646,78 @@ fn a_misspelt_standby_marker_is_a_configuration_error_not_a_deletion() {
     });
     assert_eq!(fx.app().audit()[0].outcome, Outcome::NoTarget);
 }
+
+/// Two volumes; the primary carries a marker its probe requires, and a deletion needs strong
+/// answers over 1.5 s, so a suspicion lasts that long.
+fn marked_primary() -> Fixture {
+    let layout = Layout::with_volumes(
+        2,
+        "",
+        &format!("{FAST_HEALTH}\n[failover]\ndrain_timeout = \"5s\"\n"),
+        |i| {
+            if i == 0 {
+                "probe = { kind = \"dir\", marker = \".volume\" }\nhealth = { confirm_window = \"1500ms\" }".into()
+            } else {
+                String::new()
+            }
+        },
+    );
+    populate(&layout);
+    fs::write(layout.vols[0].join(".volume"), b"").unwrap();
+    Fixture::mount(layout)
+}
+
+fn wait_held(fx: &Fixture, held: bool) {
+    wait_until(Duration::from_secs(20), "the hold to change", || {
+        fx.app().vfs().router().current().is_held() == held
+    });
+}
+
+#[test]
+fn changes_wait_while_the_primary_is_suspected_and_land_on_the_standby() {
+    let fx = marked_primary();
+    fs::remove_file(fx.vol(0, ".volume")).unwrap();
+    wait_held(&fx, true);
+    // Reads go on meanwhile.
+    assert_eq!(fs::read(fx.path("both/a")).unwrap(), content(0, "both/a"));
+    let path = fx.path("w/held");
+    let writer = std::thread::spawn(move || {
+        let r = fs::write(&path, b"written while suspected");
+        (r.map_err(|e| e.raw_os_error()), SystemTime::now())
+    });
+    let switched = wait_for_switch(&fx, 1);
+    let (result, done) = writer.join().unwrap();
+    assert_eq!(result, Ok(()));
+    assert!(
+        done >= switched - Duration::from_millis(50),
+        "the write did not wait"
+    );
+    assert_eq!(
+        fs::read(fx.vol(1, "w/held")).unwrap(),
+        b"written while suspected"
+    );
+    assert!(
+        !fx.vol(0, "w/held").exists(),
+        "a change ran on the suspected volume"
+    );
+}
+
+#[test]
+fn a_false_alarm_only_delays_changes() {
+    let fx = marked_primary();
+    fs::remove_file(fx.vol(0, ".volume")).unwrap();
+    wait_held(&fx, true);
+    let path = fx.path("w/later");
+    let writer = std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        let r = fs::write(&path, b"after the alarm");
+        (r.map_err(|e| e.raw_os_error()), t0.elapsed())
+    });
+    fs::write(fx.vol(0, ".volume"), b"").unwrap();
+    wait_held(&fx, false);
+    let (result, waited) = writer.join().unwrap();
+    assert_eq!(result, Ok(()));
+    eprintln!("a change waited {waited:?} through a false alarm");
+    assert_eq!(fs::read(fx.vol(0, "w/later")).unwrap(), b"after the alarm");
+    assert!(fx.app().audit().is_empty());
+}
