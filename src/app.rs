@@ -551,11 +551,16 @@ impl Supervisor {
                     } => Some((evidence.to_string(), *pending, s.since)),
                     _ => None,
                 };
+                // A suspicion holds changes; only a healthy answer clears it. A transient answer
+                // in between (a probe timing out under load, a master election) says nothing
+                // either way: the hold stays, each waiting change still bounded by
+                // `drain_timeout`.
                 let suspect = match &s.health {
                     Health::Suspect { evidence, .. } if evidence.strength == Strength::Strong => {
-                        Some(evidence.to_string())
+                        Some(Some(evidence.to_string()))
                     }
-                    _ => None,
+                    Health::Unreachable { .. } | Health::Deleted { .. } => None,
+                    _ => Some(None),
                 };
                 (deleted, suspect)
             };
@@ -605,11 +610,14 @@ impl Supervisor {
 
     /// Hold changes on the current route while the active volume is suspected deleted (strong
     /// evidence, `hold_writes = "suspect"`), release them when the suspicion clears. A switch
-    /// publishes a route that holds nothing.
-    fn hold_changes(&self, suspect: Option<String>) {
+    /// publishes a route that holds nothing. `None`: leave the hold as it is.
+    fn hold_changes(&self, suspect: Option<Option<String>>) {
         if self.settings.hold_writes != HoldWrites::Suspect {
             return;
         }
+        let Some(suspect) = suspect else {
+            return;
+        };
         let route = self.router.current();
         if route.is_held() == suspect.is_some() {
             return;

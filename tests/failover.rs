@@ -653,7 +653,8 @@ fn marked_primary() -> Fixture {
     let layout = Layout::with_volumes(
         2,
         "",
-        &format!("{FAST_HEALTH}\n[failover]\ndrain_timeout = \"5s\"\n"),
+        // Waits long enough for a suspicion interrupted by slow probes on a busy machine.
+        &format!("{FAST_HEALTH}\n[failover]\ndrain_timeout = \"20s\"\n"),
         |i| {
             if i == 0 {
                 "probe = { kind = \"dir\", marker = \".volume\" }\nhealth = { confirm_window = \"1500ms\" }".into()
