@@ -520,6 +520,16 @@ impl Signals {
     }
 }
 
+/// What the active volume's state asks of the change hold.
+enum Hold {
+    /// Suspected deleted (strong evidence): hold changes.
+    Set(String),
+    /// Healthy again (or nothing known yet): release them.
+    Release,
+    /// Transient or confirmed: leave the hold as it is (the switch replaces the route).
+    Keep,
+}
+
 struct Supervisor {
     mounted: Option<Mounted>,
     controller: Controller,
@@ -557,10 +567,10 @@ impl Supervisor {
                 // `drain_timeout`.
                 let suspect = match &s.health {
                     Health::Suspect { evidence, .. } if evidence.strength == Strength::Strong => {
-                        Some(Some(evidence.to_string()))
+                        Hold::Set(evidence.to_string())
                     }
-                    Health::Unreachable { .. } | Health::Deleted { .. } => None,
-                    _ => Some(None),
+                    Health::Unreachable { .. } | Health::Deleted { .. } => Hold::Keep,
+                    _ => Hold::Release,
                 };
                 (deleted, suspect)
             };
@@ -610,13 +620,15 @@ impl Supervisor {
 
     /// Hold changes on the current route while the active volume is suspected deleted (strong
     /// evidence, `hold_writes = "suspect"`), release them when the suspicion clears. A switch
-    /// publishes a route that holds nothing. `None`: leave the hold as it is.
-    fn hold_changes(&self, suspect: Option<Option<String>>) {
+    /// publishes a route that holds nothing.
+    fn hold_changes(&self, wish: Hold) {
         if self.settings.hold_writes != HoldWrites::Suspect {
             return;
         }
-        let Some(suspect) = suspect else {
-            return;
+        let suspect = match wish {
+            Hold::Set(evidence) => Some(evidence),
+            Hold::Release => None,
+            Hold::Keep => return,
         };
         let route = self.router.current();
         if route.is_held() == suspect.is_some() {

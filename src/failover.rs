@@ -245,7 +245,8 @@ impl Controller {
         None
     }
 
-    /// Volume `index` as it is now open, or `None` (nothing to compare) when it is closed.
+    /// Record volume `index` as now opened as `volume` (`None`: closed), and tell its root watch
+    /// what is served (nothing, when closed).
     fn set_volume(&mut self, index: usize, volume: Option<Arc<Volume>>) {
         if let Some(Some(w)) = self.watches.get(index) {
             w.serve(volume.as_ref().and_then(|v| v.backend.root_mark()));

@@ -332,6 +332,7 @@ impl InodeTable {
         nlink: u32,
         generation: u64,
     ) -> Result<u64> {
+        let mut adopted_elsewhere: Option<bool> = None;
         loop {
             let existing = {
                 let shard = self.shards[shard_of(parent)].lock();
@@ -339,11 +340,6 @@ impl InodeTable {
                 p.children.get(name).copied()
             };
             if let Some(child) = existing {
-                // After a switch a name's node adopts what the name holds now, unless another
-                // node already adopted that file (a hard link on this volume): then the name
-                // joins that node below, one file one number. Read before the shard locks (the
-                // identity map is always locked first).
-                let elsewhere = self.adopted_elsewhere(&id, generation, child);
                 let mut l = self.lock(&[parent, child]);
                 if l.child(parent, name) != Some(child) {
                     continue;
@@ -357,7 +353,23 @@ impl InodeTable {
                     continue;
                 };
                 let same = match node.id {
-                    Some((g, known)) => known == id || (g < generation && !elsewhere),
+                    Some((g, known)) if known != id && g < generation => {
+                        // After a switch a name's node adopts what the name holds now, unless
+                        // another node already adopted that file (a hard link on this volume):
+                        // then the name joins that node below, one file one number. The
+                        // identity map is locked before shard locks, never under them: ask
+                        // without the locks, then look again (only on this post-switch path).
+                        match adopted_elsewhere {
+                            Some(elsewhere) => !elsewhere,
+                            None => {
+                                drop(l);
+                                adopted_elsewhere =
+                                    Some(self.adopted_elsewhere(&id, generation, child));
+                                continue;
+                            }
+                        }
+                    }
+                    Some((_, known)) => known == id,
                     None => true,
                 };
                 if node.kind == kind && same {

@@ -648,7 +648,8 @@ fn a_misspelt_standby_marker_is_a_configuration_error_not_a_deletion() {
 }
 
 /// Two volumes; the primary carries a marker its probe requires, and a deletion needs strong
-/// answers over 1.5 s, so a suspicion lasts that long.
+/// answers over 3 s, so a suspicion lasts that long (time for a held change to be seen waiting,
+/// even on a busy machine).
 fn marked_primary() -> Fixture {
     let layout = Layout::with_volumes(
         2,
@@ -657,7 +658,7 @@ fn marked_primary() -> Fixture {
         &format!("{FAST_HEALTH}\n[failover]\ndrain_timeout = \"20s\"\n"),
         |i| {
             if i == 0 {
-                "probe = { kind = \"dir\", marker = \".volume\" }\nhealth = { confirm_window = \"1500ms\" }".into()
+                "probe = { kind = \"dir\", marker = \".volume\" }\nhealth = { confirm_window = \"3s\" }".into()
             } else {
                 String::new()
             }
@@ -714,6 +715,11 @@ fn a_false_alarm_only_delays_changes() {
         let r = fs::write(&path, b"after the alarm");
         (r.map_err(|e| e.raw_os_error()), t0.elapsed())
     });
+    // The change is really held: waiting in the router, not yet on the volume.
+    wait_until(Duration::from_secs(10), "the change to wait", || {
+        fx.app().vfs().router().waiting() >= 1
+    });
+    assert!(!fx.vol(0, "w/later").exists(), "ran while suspected");
     fs::write(fx.vol(0, ".volume"), b"").unwrap();
     wait_held(&fx, false);
     let (result, waited) = writer.join().unwrap();

@@ -612,24 +612,15 @@ fn one_stuck_file_does_not_stall_the_others() {
 }
 
 fn mount_options(mnt: &std::path::Path) -> String {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = mnt.to_str().unwrap();
-    info.lines()
-        .find(|l| l.split(' ').nth(4) == Some(want))
-        .and_then(|l| l.split(' ').nth(5))
+    mountinfo_line(mnt)
+        .and_then(|l| l.split(' ').nth(5).map(str::to_string))
         .unwrap_or_default()
-        .to_string()
 }
 
 #[test]
 fn the_mount_source_names_the_volume_table_not_one_volume() {
     let fx = Fixture::new(2);
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = fx.layout.mnt.to_str().unwrap();
-    let line = info
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some(want))
-        .unwrap();
+    let line = mountinfo_line(&fx.layout.mnt).unwrap();
     // After the optional fields: " - fstype source super-options".
     let source = line.split(" - ").nth(1).and_then(|t| t.split(' ').nth(1));
     assert_eq!(source, Some("failoverfs:v0+v1"), "{line}");

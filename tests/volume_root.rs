@@ -64,10 +64,7 @@ impl Tmpfs {
     }
 
     fn mounted(&self) -> bool {
-        fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.split(' ').nth(4) == Some(self.0.to_str().unwrap_or("")))
+        mountinfo_line(&self.0).is_some()
     }
 }
 

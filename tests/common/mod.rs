@@ -38,6 +38,16 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// This process's `/proc/self/mountinfo` line of the mount at `path` (any filesystem type).
+pub fn mountinfo_line(path: &Path) -> Option<String> {
+    let want = path.to_str()?;
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()?
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(want))
+        .map(str::to_string)
+}
+
 /// Whether `path` is a mount point right now.
 pub fn is_mounted(path: &Path) -> bool {
     failoverfs::fuse::session::is_mounted(path)
