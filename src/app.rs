@@ -21,7 +21,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::backend::Backend;
-use crate::config::{BackendSettings, FailoverSettings, HoldWrites, LeaveMount, Settings};
+use crate::config::{
+    BackendSettings, FailoverSettings, HoldWrites, LeaveMount, ReopenVerify, Settings,
+};
 use crate::exit::Exit;
 use crate::failover::{AuditEntry, Controller, KernelCache, Opener, Outcome, Trigger};
 use crate::fuse::session::{MountOptions, Mounted, Unmounted};
@@ -262,6 +264,7 @@ impl App {
             VfsOptions {
                 read_only: settings.mount.read_only,
                 stale_errno: failover.stale_errno.0,
+                verify_reopen: failover.reopen_verify == ReopenVerify::SizeMtime,
             },
         ));
         let ended = Arc::new(Notify::new());

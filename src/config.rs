@@ -164,6 +164,20 @@ pub struct FailoverSettings {
     /// operations that change data or metadata wait, at most `drain_timeout`, instead of running
     /// on a volume that is probably going away (`suspect`); or they run (`never`).
     pub hold_writes: HoldWrites,
+    /// What an open handle that only read must find on the new volume to follow a switch: any
+    /// file at its path (`none`), or one with the size and modification time it had when opened
+    /// (`size-mtime`); otherwise it turns stale. (A handle that wrote never follows.)
+    pub reopen_verify: ReopenVerify,
+}
+
+/// `reopen_verify`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReopenVerify {
+    /// Re-open whatever is at the path.
+    None,
+    /// Re-open only a file of the same size and modification time.
+    SizeMtime,
 }
 
 /// `hold_writes`
@@ -187,6 +201,7 @@ impl Default for FailoverSettings {
             leave_mount: LeaveMount::Unmount,
             fence_errno: Errno(libc::ENODEV),
             hold_writes: HoldWrites::Suspect,
+            reopen_verify: ReopenVerify::None,
         }
     }
 }

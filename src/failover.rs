@@ -139,6 +139,11 @@ pub struct AuditEntry {
     pub retried: u64,
     /// Open handles whose file is missing on the new volume.
     pub stale_handles: u64,
+    /// Files changed through handles on the old volume (those handles are now stale: the standby
+    /// may not hold what they wrote), sorted, at most [`WRITES_LEFT_LISTED`].
+    pub writes_left: Vec<String>,
+    /// How many such files there were in all.
+    pub writes_left_total: u64,
     /// Files of the old volume closed after the swap (their handles re-open on next use).
     pub released: u64,
     /// Inodes and names whose kernel caches were invalidated.
@@ -156,6 +161,9 @@ pub struct AuditEntry {
     /// How it ended.
     pub outcome: Outcome,
 }
+
+/// Files with writes left on the old volume named in an audit entry (the rest are counted).
+pub const WRITES_LEFT_LISTED: usize = 20;
 
 /// Switches kept in the audit list (the oldest go first; every one was logged).
 pub const AUDIT_KEPT: usize = 1000;
@@ -311,6 +319,8 @@ impl Controller {
                 queued: 0,
                 retried: 0,
                 stale_handles: 0,
+                writes_left: Vec::new(),
+                writes_left_total: 0,
                 released: 0,
                 invalidated: 0,
                 started_at: now,
@@ -353,6 +363,8 @@ impl Controller {
             queued: 0,
             retried: 0,
             stale_handles: 0,
+            writes_left: Vec::new(),
+            writes_left_total: 0,
             released: 0,
             invalidated: 0,
             started_at,
@@ -394,6 +406,16 @@ impl Controller {
             .inodes()
             .begin_generation(generation, volume.backend.root_id());
         let detached = self.vfs.inodes().detach_extra_links();
+        // Before anything runs on the new volume: handles that wrote on the old one must not
+        // follow (see `crate::handles`).
+        let (left, wrote) = self.vfs.leave_old(generation, &volume);
+        entry.released = left.files.len() as u64;
+        entry.writes_left_total = wrote.len() as u64;
+        entry.writes_left = wrote
+            .iter()
+            .take(WRITES_LEFT_LISTED)
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
         self.router
             .publish(Route::serving(generation, volume.clone()));
         entry.swap = t0.elapsed();
@@ -426,13 +448,13 @@ impl Controller {
         let vfs = self.vfs.clone();
         let v = volume.clone();
         let stale = tokio::task::spawn_blocking(move || {
-            let released = vfs.handles().release_unless_on(v.serial());
-            (released, vfs.handles_missing_on(&v))
+            // Closing may block on a dead volume: here, bounded, not before the publish.
+            drop(left);
+            vfs.handles_missing_on(&v)
         });
-        (entry.released, entry.stale_handles) = match tokio::time::timeout(limit, stale).await {
-            Ok(Ok(n)) => n,
-            _ => (0, 0),
-        };
+        if let Ok(Ok(missing)) = tokio::time::timeout(limit, stale).await {
+            entry.stale_handles = missing;
+        }
         // The volume now serving is recorded; one left because it is gone (or was re-opened) is
         // closed, so its mount can be unmounted.
         let from = old.volume().index;
@@ -506,6 +528,8 @@ impl Controller {
                 queued = e.queued,
                 retried = e.retried,
                 stale_handles = e.stale_handles,
+                writes_left = e.writes_left_total,
+                writes_left_in = %WritesLeft(&e),
                 released = e.released,
                 invalidated = e.invalidated,
                 drain_ms = ms(e.drain),
@@ -535,6 +559,26 @@ impl Controller {
             audit.remove(0);
         }
         audit.push(e);
+    }
+}
+
+/// The files an audit entry lists as written on the old volume, for the log line.
+struct WritesLeft<'a>(&'a AuditEntry);
+
+impl std::fmt::Display for WritesLeft<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = self.0;
+        if e.writes_left.is_empty() {
+            return f.write_str("-");
+        }
+        f.write_str(&e.writes_left.join(", "))?;
+        let more = e
+            .writes_left_total
+            .saturating_sub(e.writes_left.len() as u64);
+        if more > 0 {
+            write!(f, " and {more} more")?;
+        }
+        Ok(())
     }
 }
 

@@ -11,6 +11,12 @@
 //!   `O_TRUNC`) before the operation runs; reads and writes carry explicit offsets, so the handle
 //!   simply continues. If the file is gone from the new volume, the handle turns stale and answers
 //!   `ESTALE` (or the configured errno) from then on.
+//! - A handle that changed its file (a write, truncation, allocation, or the create or `O_TRUNC`
+//!   open that made it) never moves to another volume of the table: the standby is kept in sync
+//!   by something else, and failoverfs cannot know whether it holds what the handle wrote. Such a
+//!   handle turns stale at the switch (every later use, `fsync` and `close` included, answers the
+//!   stale errno), so no write acknowledged on the old volume is silently replaced by older
+//!   content. A re-open of the *same* volume (after a remount) keeps it: the data is the same.
 //! - Handle numbers are never reused within a process.
 //! - No global lock: the table is sharded, and each handle has its own small lock, held only to
 //!   read or replace its binding (never across backend I/O).
@@ -19,6 +25,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -35,6 +42,8 @@ pub struct Epoch {
     /// The route's volume: its serial ([`crate::routing::Volume::serial`]), which a volume
     /// re-opened after a remount does not share with its earlier incarnation.
     pub volume: u64,
+    /// The volume's position in the table: the same data across re-openings of one volume.
+    pub index: usize,
 }
 
 /// An open regular file.
@@ -43,7 +52,17 @@ pub struct FileHandle {
     pub ino: u64,
     /// Open flags as the kernel passed them.
     pub flags: i32,
-    bound: Mutex<Binding>,
+    /// Size and modification time of the file when it was opened (kept only when re-opens are
+    /// verified): a re-open that finds anything else turns the handle stale.
+    pub opened_as: Option<(u64, SystemTime)>,
+    bound: Mutex<Bound>,
+}
+
+/// A handle's binding and what it did through it.
+struct Bound {
+    binding: Binding,
+    /// The handle changed its file on the volume of its epoch (see the module docs).
+    wrote: bool,
 }
 
 enum Binding {
@@ -63,8 +82,8 @@ enum Binding {
 pub enum Reopen {
     /// The file was opened on the current volume.
     Opened(Arc<dyn OpenFile>),
-    /// The file does not exist there: the handle turns stale.
-    Gone,
+    /// The handle cannot follow: it turns stale.
+    Gone(StaleWhy),
 }
 
 /// What the binding says for an operation of a given epoch, short of re-opening.
@@ -74,17 +93,29 @@ enum Check {
     Reopen,
 }
 
-impl Binding {
-    fn check(&mut self, at: Epoch, stale_errno: i32) -> Check {
-        match self {
-            Binding::Stale => Check::Fail(Error::stale(stale_errno)),
+/// Why a handle turned stale, for the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StaleWhy {
+    /// Its file does not exist on the new volume.
+    Gone,
+    /// Its file differs there (`reopen_verify`).
+    Differs,
+    /// It changed its file on the old volume.
+    WroteOnOld,
+}
+
+impl Bound {
+    /// What the binding says for an operation at `at`; `change`: the operation changes the file.
+    fn check(&mut self, at: Epoch, stale_errno: i32, change: bool) -> Check {
+        let check = match &mut self.binding {
+            Binding::Stale => return Check::Fail(Error::stale(stale_errno)),
             Binding::Open { epoch, file } => {
                 if epoch.generation == at.generation {
                     Check::Use(file.clone())
                 } else if epoch.generation > at.generation {
                     // An operation still running on a drained route: never hand it the newer
                     // volume's file (one operation, one volume); it may retry on the new route.
-                    Check::Fail(Error::unavailable(libc::EIO))
+                    return Check::Fail(Error::unavailable(libc::EIO));
                 } else if epoch.volume == at.volume {
                     // A newer route over the same volume: the file is still the right one.
                     *epoch = at;
@@ -97,9 +128,39 @@ impl Binding {
                 if epoch.generation < at.generation {
                     Check::Reopen
                 } else {
-                    Check::Fail(Error::unavailable(libc::EIO))
+                    return Check::Fail(Error::unavailable(libc::EIO));
                 }
             }
+        };
+        match check {
+            Check::Reopen if self.wrote && self.index() != Some(at.index) => {
+                // A released binding holds no file; an open one is on a volume the switch is
+                // leaving and closes when the caller lets go.
+                let _old = self.stale(StaleWhy::WroteOnOld);
+                Check::Fail(Error::stale(stale_errno))
+            }
+            Check::Use(_) => {
+                self.wrote |= change;
+                check
+            }
+            other => other,
+        }
+    }
+
+    /// The table position of the volume the binding belongs to.
+    fn index(&self) -> Option<usize> {
+        match &self.binding {
+            Binding::Open { epoch, .. } | Binding::Released { epoch } => Some(epoch.index),
+            Binding::Stale => None,
+        }
+    }
+
+    /// Turn stale; returns the file the binding held, if any, for the caller to drop.
+    fn stale(&mut self, why: StaleWhy) -> Option<Arc<dyn OpenFile>> {
+        tracing::debug!(?why, "open handle turns stale");
+        match std::mem::replace(&mut self.binding, Binding::Stale) {
+            Binding::Open { file, .. } => Some(file),
+            Binding::Released { .. } | Binding::Stale => None,
         }
     }
 }
@@ -107,14 +168,16 @@ impl Binding {
 impl FileHandle {
     /// The backend file for an operation running at `at`; re-opened through `reopen` when the
     /// handle belongs to an older route on another volume. `stale_errno` is what a stale handle
-    /// answers.
+    /// answers; `change`: the operation changes the file (the handle then never moves to another
+    /// volume of the table).
     pub fn file(
         &self,
         at: Epoch,
         stale_errno: i32,
+        change: bool,
         reopen: impl FnOnce() -> Result<Reopen>,
     ) -> Result<Arc<dyn OpenFile>> {
-        match self.bound.lock().check(at, stale_errno) {
+        match self.bound.lock().check(at, stale_errno, change) {
             Check::Use(file) => return Ok(file),
             Check::Fail(e) => return Err(e),
             Check::Reopen => {}
@@ -123,23 +186,28 @@ impl FileHandle {
         // file is simply closed.
         let opened = reopen()?;
         let mut b = self.bound.lock();
-        match b.check(at, stale_errno) {
+        match b.check(at, stale_errno, change) {
             Check::Use(file) => Ok(file),
             Check::Fail(e) => Err(e),
             Check::Reopen => match opened {
                 Reopen::Opened(file) => {
-                    *b = Binding::Open {
+                    b.binding = Binding::Open {
                         epoch: at,
                         file: file.clone(),
                     };
+                    b.wrote |= change;
                     Ok(file)
                 }
-                Reopen::Gone => {
+                Reopen::Gone(why) => {
                     tracing::warn!(
                         ino = self.ino,
-                        "open handle has no file on the new volume; it answers the stale errno from now on"
+                        ?why,
+                        "open handle cannot follow the switch; it answers the stale errno from now on"
                     );
-                    *b = Binding::Stale;
+                    // Dropped outside the lock.
+                    let old = b.stale(why);
+                    drop(b);
+                    drop(old);
                     Err(Error::stale(stale_errno))
                 }
             },
@@ -148,33 +216,57 @@ impl FileHandle {
 
     /// The generation the handle is bound to, or `None` when it is stale.
     pub fn generation(&self) -> Option<u64> {
-        match &*self.bound.lock() {
+        match &self.bound.lock().binding {
             Binding::Open { epoch, .. } | Binding::Released { epoch } => Some(epoch.generation),
             Binding::Stale => None,
         }
     }
 
+    /// Whether the handle changed its file (see the module docs).
+    pub fn wrote(&self) -> bool {
+        self.bound.lock().wrote
+    }
+
     /// The bound file and its epoch, if any.
     fn current(&self) -> Option<(Epoch, Arc<dyn OpenFile>)> {
-        match &*self.bound.lock() {
+        match &self.bound.lock().binding {
             Binding::Open { epoch, file } => Some((*epoch, file.clone())),
             Binding::Released { .. } | Binding::Stale => None,
         }
     }
 
-    /// Close the file if it belongs to another volume than `serial`; true when it did.
-    fn release_unless_on(&self, serial: u64) -> bool {
+    /// Before a switch to `to` is published: let go of the file if it belongs to another volume
+    /// incarnation (handed back in `left.files`), and turn the handle stale if it changed its
+    /// file on another volume of the table.
+    fn leave_old(&self, to: Epoch, left: &mut LeftBehind) {
         let mut b = self.bound.lock();
-        match &*b {
-            Binding::Open { epoch, .. } if epoch.volume != serial => {
-                let epoch = *epoch;
-                // The file itself closes when the last operation still using it lets go.
-                *b = Binding::Released { epoch };
-                true
+        let wrote_on_old = b.wrote && b.index().is_some_and(|i| i != to.index);
+        if wrote_on_old {
+            left.wrote.push(self.ino);
+            left.files.extend(b.stale(StaleWhy::WroteOnOld));
+            return;
+        }
+        if let Binding::Open { epoch, .. } = &b.binding
+            && epoch.volume != to.volume
+        {
+            let epoch = *epoch;
+            if let Binding::Open { file, .. } =
+                std::mem::replace(&mut b.binding, Binding::Released { epoch })
+            {
+                left.files.push(file);
             }
-            _ => false,
         }
     }
+}
+
+/// What a switch did to the open files: see [`HandleTable::leave_old`].
+#[derive(Default)]
+pub struct LeftBehind {
+    /// Files of the old volume let go of. Dropping them closes them (once no operation still
+    /// running uses them), which may block on a dead volume: the caller decides where.
+    pub files: Vec<Arc<dyn OpenFile>>,
+    /// Inodes of handles that changed their file on the old volume (now stale).
+    pub wrote: Vec<u64>,
 }
 
 /// One listed directory entry, resolved to our inode number when we know it.
@@ -255,12 +347,25 @@ impl HandleTable {
         fh
     }
 
-    /// Register an open file bound to `file`, opened at `epoch`.
-    pub fn open_file(&self, ino: u64, flags: i32, epoch: Epoch, file: Arc<dyn OpenFile>) -> u64 {
+    /// Register an open file bound to `file`, opened at `epoch`; `wrote`: opening it changed it
+    /// (create, `O_TRUNC`); `opened_as`: see [`FileHandle::opened_as`].
+    pub fn open_file(
+        &self,
+        ino: u64,
+        flags: i32,
+        epoch: Epoch,
+        file: Arc<dyn OpenFile>,
+        wrote: bool,
+        opened_as: Option<(u64, SystemTime)>,
+    ) -> u64 {
         self.insert(Handle::File(FileHandle {
             ino,
             flags,
-            bound: Mutex::new(Binding::Open { epoch, file }),
+            opened_as,
+            bound: Mutex::new(Bound {
+                binding: Binding::Open { epoch, file },
+                wrote,
+            }),
         }))
     }
 
@@ -318,34 +423,36 @@ impl HandleTable {
         older.then(|| Err(Error::stale(stale_errno)))
     }
 
-    /// Call `f` with the inode of every open file handle.
+    /// Call `f` with the inode of every open file handle that is not stale.
     pub fn for_each_file(&self, mut f: impl FnMut(u64)) {
         for shard in self.shards.iter() {
             let inos: Vec<u64> = shard
                 .read()
                 .values()
                 .filter_map(|h| match &**h {
-                    Handle::File(f) => Some(f.ino),
-                    Handle::Dir(_) => None,
+                    Handle::File(f) if f.generation().is_some() => Some(f.ino),
+                    _ => None,
                 })
                 .collect();
             inos.into_iter().for_each(&mut f);
         }
     }
 
-    /// Close every open file that belongs to another volume than the one with `serial` (after
-    /// a switch: nothing may keep the old volume's mount busy). Each handle re-opens on its next
-    /// use, as it would have anyway. Returns how many files were closed.
-    pub fn release_unless_on(&self, serial: u64) -> u64 {
-        let mut closed = 0;
+    /// Before a switch to `to` is published (the old route drained): let go of every open file
+    /// that belongs to another volume incarnation (nothing may keep the old volume's mount busy;
+    /// each handle re-opens on its next use, as it would have anyway), and turn stale every
+    /// handle that changed its file on another volume of the table (see the module docs). Takes
+    /// only the handles' own locks; closing the files is left to the caller.
+    pub fn leave_old(&self, to: Epoch) -> LeftBehind {
+        let mut left = LeftBehind::default();
         for shard in self.shards.iter() {
             for h in shard.read().values() {
                 if let Handle::File(f) = &**h {
-                    closed += f.release_unless_on(serial) as u64;
+                    f.leave_old(to, &mut left);
                 }
             }
         }
-        closed
+        left
     }
 
     /// Number of open handles.
@@ -365,63 +472,153 @@ mod tests {
     use crate::backend::Backend;
     use crate::backend::dir::DirBackend;
 
-    #[test]
-    fn one_operation_one_volume() {
+    fn file_f() -> (tempfile::TempDir, DirBackend) {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("f"), b"x").unwrap();
         let b = DirBackend::open(tmp.path()).unwrap();
-        let open = || {
-            b.open(
-                std::path::Path::new("f"),
-                libc::O_RDONLY,
-                crate::backend::Caller::ROOT,
-            )
-        };
+        (tmp, b)
+    }
+
+    fn open_f(b: &DirBackend) -> Result<Arc<dyn OpenFile>> {
+        b.open(
+            std::path::Path::new("f"),
+            libc::O_RDWR,
+            crate::backend::Caller::ROOT,
+        )
+    }
+
+    /// Generation, volume serial; the serial doubles as the table index (one volume, one
+    /// incarnation) unless given.
+    fn at(generation: u64, volume: u64) -> Epoch {
+        Epoch {
+            generation,
+            volume,
+            index: volume as usize,
+        }
+    }
+
+    #[test]
+    fn one_operation_one_volume() {
+        let (_tmp, b) = file_f();
+        let open = || open_f(&b);
         let table = HandleTable::new();
-        let at = |generation, volume| Epoch { generation, volume };
-        let fh = table.open_file(2, libc::O_RDONLY, at(1, 0), open().unwrap());
+        let fh = table.open_file(2, libc::O_RDONLY, at(1, 0), open().unwrap(), false, None);
         let h = table.file(fh).unwrap();
         let Handle::File(h) = &*h else { panic!() };
         // A newer route over the same volume keeps the file, without re-opening...
-        let same = h.file(at(2, 0), libc::ESTALE, || unreachable!()).unwrap();
+        let same = h
+            .file(at(2, 0), libc::ESTALE, false, || unreachable!())
+            .unwrap();
         assert_eq!(h.generation(), Some(2));
         drop(same);
         // ...another volume re-opens it...
         let reopened = h
-            .file(at(3, 1), libc::ESTALE, || Ok(Reopen::Opened(open()?)))
+            .file(at(3, 1), libc::ESTALE, false, || {
+                Ok(Reopen::Opened(open()?))
+            })
             .unwrap();
         assert_eq!(h.generation(), Some(3));
         drop(reopened);
         // ...after which an operation still running on an older route gets no file at all.
         let e = h
-            .file(at(2, 0), libc::ESTALE, || unreachable!())
+            .file(at(2, 0), libc::ESTALE, false, || unreachable!())
             .err()
             .unwrap();
         assert_eq!(e.kind(), crate::error::Kind::Unavailable);
         // A file missing on the next volume makes the handle stale, for good.
         let e = h
-            .file(at(4, 0), libc::ESTALE, || Ok(Reopen::Gone))
+            .file(at(4, 0), libc::ESTALE, false, || {
+                Ok(Reopen::Gone(StaleWhy::Gone))
+            })
             .err()
             .unwrap();
         assert_eq!(e.errno(), libc::ESTALE);
         let e = h
-            .file(at(5, 1), libc::ESTALE, || unreachable!())
+            .file(at(5, 1), libc::ESTALE, false, || unreachable!())
             .err()
             .unwrap();
         assert_eq!(e.errno(), libc::ESTALE);
 
         // After a switch, files on other volumes are closed (the stale one has none)...
-        let fh = table.open_file(2, libc::O_RDONLY, at(6, 7), open().unwrap());
-        assert_eq!(table.release_unless_on(7), 0);
-        assert_eq!(table.release_unless_on(8), 1);
-        assert_eq!(table.release_unless_on(8), 0);
+        let fh = table.open_file(2, libc::O_RDONLY, at(6, 7), open().unwrap(), false, None);
+        assert_eq!(table.leave_old(at(7, 7)).files.len(), 0);
+        assert_eq!(table.leave_old(at(7, 8)).files.len(), 1);
+        assert_eq!(table.leave_old(at(7, 8)).files.len(), 0);
         let h = table.file(fh).unwrap();
         let Handle::File(h) = &*h else { panic!() };
         // ...an operation still on the old route gets nothing, and the next route re-opens,
         // even over the same volume (a switch back).
-        assert!(h.file(at(6, 7), libc::ESTALE, || unreachable!()).is_err());
-        let reopened = h.file(at(7, 7), libc::ESTALE, || Ok(Reopen::Opened(open()?)));
+        assert!(
+            h.file(at(6, 7), libc::ESTALE, false, || unreachable!())
+                .is_err()
+        );
+        let reopened = h.file(at(7, 7), libc::ESTALE, false, || {
+            Ok(Reopen::Opened(open()?))
+        });
         assert!(reopened.is_ok());
         assert_eq!(h.generation(), Some(7));
+    }
+
+    #[test]
+    fn a_handle_that_wrote_never_moves_to_another_volume() {
+        let (_tmp, b) = file_f();
+        let open = || open_f(&b);
+        let table = HandleTable::new();
+        let get = |fh| table.file(fh).unwrap();
+        // Read only: follows a switch.
+        let reader = table.open_file(2, libc::O_RDWR, at(1, 0), open().unwrap(), false, None);
+        let h = get(reader);
+        let Handle::File(h) = &*h else { panic!() };
+        h.file(at(1, 0), libc::ESTALE, false, || unreachable!())
+            .unwrap();
+        assert!(!h.wrote());
+        // Written: stale after the switch, found at once by the switch itself...
+        let writer = table.open_file(3, libc::O_RDWR, at(1, 0), open().unwrap(), false, None);
+        let w = get(writer);
+        let Handle::File(w) = &*w else { panic!() };
+        w.file(at(1, 0), libc::ESTALE, true, || unreachable!())
+            .unwrap();
+        assert!(w.wrote());
+        let left = table.leave_old(at(2, 1));
+        assert_eq!((left.files.len(), left.wrote), (2, vec![3]));
+        let e = w
+            .file(at(2, 1), libc::ESTALE, false, || unreachable!())
+            .err()
+            .unwrap();
+        assert_eq!(e.errno(), libc::ESTALE);
+        assert!(
+            h.file(at(2, 1), libc::ESTALE, false, || Ok(
+                Reopen::Opened(open()?)
+            ))
+            .is_ok()
+        );
+        // ...or by its next use when the switch has not got to it yet; created or truncated at
+        // open counts as written.
+        let created = table.open_file(4, libc::O_RDWR, at(2, 1), open().unwrap(), true, None);
+        let c = get(created);
+        let Handle::File(c) = &*c else { panic!() };
+        let e = c
+            .file(at(3, 2), libc::ESTALE, false, || unreachable!())
+            .err()
+            .unwrap();
+        assert_eq!(e.errno(), libc::ESTALE);
+        // A re-opening of the same volume (a remount: new serial, same table position) keeps a
+        // handle that wrote.
+        let again = table.open_file(5, libc::O_RDWR, at(3, 2), open().unwrap(), true, None);
+        let a = get(again);
+        let Handle::File(a) = &*a else { panic!() };
+        let remounted = Epoch {
+            generation: 4,
+            volume: 9,
+            index: 2,
+        };
+        let left = table.leave_old(remounted);
+        assert!(left.wrote.is_empty());
+        assert!(
+            a.file(remounted, libc::ESTALE, true, || Ok(
+                Reopen::Opened(open()?)
+            ))
+            .is_ok()
+        );
     }
 }

@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::{Attr, Caller, FileKind, OpenFile, SetAttr, StatFs};
 use crate::error::{Error, Kind, Result};
-use crate::handles::{Epoch, Handle, HandleTable, Listed, Reopen};
+use crate::handles::{
+    Epoch, FileHandle, Handle, HandleTable, LeftBehind, Listed, Reopen, StaleWhy,
+};
 use crate::inode::{InodeTable, ROOT};
 use crate::routing::{Router, Ticket, Volume};
 
@@ -52,8 +54,11 @@ pub struct DirItem<'a> {
 pub struct VfsOptions {
     /// Refuse every change with `EROFS`.
     pub read_only: bool,
-    /// What a handle whose file is gone from the new volume answers.
+    /// What a handle that cannot follow a switch answers.
     pub stale_errno: i32,
+    /// Re-open a handle on a new volume only when its file there has the size and modification
+    /// time it had when opened.
+    pub verify_reopen: bool,
 }
 
 impl Default for VfsOptions {
@@ -61,6 +66,7 @@ impl Default for VfsOptions {
         VfsOptions {
             read_only: false,
             stale_errno: libc::ESTALE,
+            verify_reopen: false,
         }
     }
 }
@@ -105,6 +111,29 @@ impl Vfs {
     /// Operations retried on a new route after failing on the old one (a counter).
     pub fn retried_total(&self) -> u64 {
         self.retried.load(Ordering::Relaxed)
+    }
+
+    /// Before a switch to `volume` under `generation` is published: let go of the old volume's
+    /// files and turn stale the handles that wrote there (see [`crate::handles`]); returns those
+    /// handles' files by path.
+    pub fn leave_old(&self, generation: u64, volume: &Volume) -> (LeftBehind, Vec<PathBuf>) {
+        let left = self.handles.leave_old(Epoch {
+            generation,
+            volume: volume.serial(),
+            index: volume.index,
+        });
+        let mut paths: Vec<PathBuf> = left
+            .wrote
+            .iter()
+            .map(|&ino| {
+                self.inodes
+                    .path(ino)
+                    .unwrap_or_else(|_| PathBuf::from(format!("<unlinked inode {ino}>")))
+            })
+            .collect();
+        paths.sort();
+        paths.dedup();
+        (left, paths)
     }
 
     /// Open file handles whose file does not exist on `volume` (they will answer the stale errno
@@ -242,16 +271,31 @@ impl Vfs {
         self.checked(t, ino, |path| backend.stat(path).map(|a| (a, a)))
     }
 
-    /// The backend file of handle `fh` for an operation on ticket `t`, re-opened on the current
-    /// volume if the handle was opened on an earlier one.
+    /// The backend file of handle `fh` for an operation on ticket `t` that only reads it,
+    /// re-opened on the current volume if the handle was opened on an earlier one.
     fn file_of(&self, t: &Ticket, fh: u64) -> Result<Arc<dyn OpenFile>> {
+        self.bound_file(t, fh, false)
+    }
+
+    /// [`Vfs::file_of`] for an operation that changes the file: the handle is marked as having
+    /// written on this volume (see [`crate::handles`]).
+    fn file_to_change(&self, t: &Ticket, fh: u64) -> Result<Arc<dyn OpenFile>> {
+        self.bound_file(t, fh, true)
+    }
+
+    fn bound_file(&self, t: &Ticket, fh: u64, change: bool) -> Result<Arc<dyn OpenFile>> {
         let h = self.handles.file(fh)?;
         let Handle::File(h) = &*h else {
             return Err(Error::invalid(libc::EBADF));
         };
-        h.file(epoch(t), self.opts.stale_errno, || {
-            reopen(&self.inodes, t.volume(), h.ino, h.flags)
+        h.file(epoch(t), self.opts.stale_errno, change, || {
+            reopen(&self.inodes, t.volume(), h)
         })
+    }
+
+    /// What a handle opened now at `attr` remembers for a verified re-open.
+    fn opened_as(&self, attr: &Attr) -> Option<(u64, std::time::SystemTime)> {
+        self.opts.verify_reopen.then_some((attr.size, attr.mtime))
     }
 
     /// `lookup`: find `name` in `parent` and count a kernel reference to it.
@@ -306,7 +350,7 @@ impl Vfs {
         }
         self.change(Retry::Never, |t| {
             if let Some(fh) = fh {
-                return self.file_of(t, fh)?.setattr(set);
+                return self.file_to_change(t, fh)?.setattr(set);
             }
             match self.located(t, ino) {
                 Ok((path, _)) => t.volume().backend.setattr(&path, set),
@@ -421,12 +465,16 @@ impl Vfs {
         }
         self.run(Retry::Never, |t| {
             let backend = &t.volume().backend;
-            let (_, file) = self.checked(t, ino, |path| {
+            let (_, (file, attr)) = self.checked(t, ino, |path| {
                 let file = backend.open(path, flags, who)?;
                 let attr = file.stat()?;
-                Ok((file, attr))
+                Ok(((file, attr), attr))
             })?;
-            Ok(self.handles.open_file(ino, flags, epoch(t), file))
+            let truncated = flags & libc::O_TRUNC != 0;
+            let opened_as = self.opened_as(&attr);
+            Ok(self
+                .handles
+                .open_file(ino, flags, epoch(t), file, truncated, opened_as))
         })
     }
 
@@ -443,7 +491,10 @@ impl Vfs {
             let dir = self.inodes.path(parent)?;
             let (file, attr) = t.volume().backend.create(&dir, name, mode, flags, who)?;
             let entry = self.entry(t, parent, name, attr)?;
-            let fh = self.handles.open_file(entry.ino, flags, epoch(t), file);
+            let opened_as = self.opened_as(&attr);
+            let fh = self
+                .handles
+                .open_file(entry.ino, flags, epoch(t), file, true, opened_as);
             Ok((entry, fh))
         })
     }
@@ -467,7 +518,7 @@ impl Vfs {
         kill_privileges: Option<Caller>,
     ) -> Result<usize> {
         self.change(Retry::Write(fh), |t| {
-            let file = self.file_of(t, fh)?;
+            let file = self.file_to_change(t, fh)?;
             match kill_privileges {
                 None => file.write_at(data, offset),
                 Some(who) => file.write_as(data, offset, who),
@@ -493,7 +544,7 @@ impl Vfs {
     /// `fallocate`.
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32, who: Caller) -> Result<()> {
         self.change(Retry::Never, |t| {
-            self.file_of(t, fh)?.allocate(offset, len, mode, who)
+            self.file_to_change(t, fh)?.allocate(offset, len, mode, who)
         })
     }
 
@@ -514,7 +565,7 @@ impl Vfs {
     ) -> Result<usize> {
         self.change(Retry::Never, |t| {
             let src = self.file_of(t, fh_in)?;
-            let dst = self.file_of(t, fh_out)?;
+            let dst = self.file_to_change(t, fh_out)?;
             src.copy_range(off_in, dst.as_ref(), off_out, len, who)
         })
     }
@@ -742,23 +793,31 @@ fn epoch(t: &Ticket) -> Epoch {
     Epoch {
         generation: t.generation(),
         volume: t.volume().serial(),
+        index: t.volume().index,
     }
 }
 
-/// Re-open handle of `ino` on `volume` after a switch.
-fn reopen(inodes: &InodeTable, volume: &Volume, ino: u64, flags: i32) -> Result<Reopen> {
-    let path = match inodes.path(ino) {
+/// Re-open handle `h` on `volume` after a switch.
+fn reopen(inodes: &InodeTable, volume: &Volume, h: &FileHandle) -> Result<Reopen> {
+    let path = match inodes.path(h.ino) {
         Ok(p) => p,
-        Err(e) if e.errno() == libc::ENOENT => return Ok(Reopen::Gone),
+        Err(e) if e.errno() == libc::ENOENT => return Ok(Reopen::Gone(StaleWhy::Gone)),
         Err(e) => return Err(e),
     };
-    let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+    let flags = h.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
     // Without O_TRUNC, the caller plays no part in opening.
-    match volume.backend.open(&path, flags, Caller::ROOT) {
-        Ok(f) => Ok(Reopen::Opened(f)),
-        Err(e) if e.errno() == libc::ENOENT => Ok(Reopen::Gone),
-        Err(e) => Err(e),
+    let file = match volume.backend.open(&path, flags, Caller::ROOT) {
+        Ok(f) => f,
+        Err(e) if e.errno() == libc::ENOENT => return Ok(Reopen::Gone(StaleWhy::Gone)),
+        Err(e) => return Err(e),
+    };
+    if let Some((size, mtime)) = h.opened_as {
+        let now = file.stat()?;
+        if (now.size, now.mtime) != (size, mtime) {
+            return Ok(Reopen::Gone(StaleWhy::Differs));
+        }
     }
+    Ok(Reopen::Opened(file))
 }
 
 #[cfg(test)]
