@@ -267,6 +267,16 @@ impl App {
                 verify_reopen: failover.reopen_verify == ReopenVerify::SizeMtime,
             },
         ));
+        // The data path's alarm makes the active volume's probe run now (see `crate::monitor`).
+        {
+            let (alarm, monitor) = (vfs.alarm().clone(), monitor.clone());
+            runtime.spawn(async move {
+                loop {
+                    alarm.notified().await;
+                    monitor.probe_active_now();
+                }
+            });
+        }
         let ended = Arc::new(Notify::new());
         let ready = Arc::new(Notify::new());
         let fs = FuseFs::new(

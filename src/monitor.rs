@@ -17,7 +17,10 @@
 //! is probed every `interval`, standbys every `standby_interval` (both with jitter); while
 //! deletion answers accumulate, every `confirm_interval`; while answers are transient, with an
 //! exponential backoff (backon, with jitter) from the interval up to `max_backoff`. Each round
-//! is bounded by `timeout`.
+//! is bounded by `timeout`. When the data path meets a failure that says the active volume may
+//! be going away ([`Monitor::probe_active_now`]), its next round starts at once instead, but never
+//! sooner than `confirm_interval` after the previous one began: a failing application cannot
+//! turn the probes into a flood.
 //!
 //! **Logging.** Each change of state is logged once, with the volume, the old and new state, the
 //! evidence and the count: not a line per probe.
@@ -401,6 +404,7 @@ pub async fn probe_once(
 /// The running monitor; see the module docs.
 pub struct Monitor {
     states: Vec<watch::Receiver<VolumeState>>,
+    wakes: Vec<Arc<tokio::sync::Notify>>,
     active: watch::Sender<usize>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -417,7 +421,9 @@ impl Monitor {
         let cancel = CancellationToken::new();
         let mut states = Vec::new();
         let mut tasks = Vec::new();
+        let mut wakes = Vec::new();
         for w in volumes {
+            let wake = Arc::new(tokio::sync::Notify::new());
             let (tx, rx) = watch::channel(VolumeState {
                 index: w.index,
                 name: w.name.clone(),
@@ -427,11 +433,19 @@ impl Monitor {
                 rounds: 0,
                 since: Instant::now(),
             });
-            tasks.push(runtime.spawn(watch_volume(w, tx, active_tx.subscribe(), cancel.clone())));
+            tasks.push(runtime.spawn(watch_volume(
+                w,
+                tx,
+                active_tx.subscribe(),
+                wake.clone(),
+                cancel.clone(),
+            )));
             states.push(rx);
+            wakes.push(wake);
         }
         Monitor {
             states,
+            wakes,
             active: active_tx,
             cancel,
             tasks,
@@ -451,6 +465,14 @@ impl Monitor {
     /// Every volume's current state, in table order.
     pub fn states(&self) -> Vec<VolumeState> {
         self.states.iter().map(|rx| rx.borrow().clone()).collect()
+    }
+
+    /// Probe the active volume now (rate-limited; see the module docs): the data path saw it
+    /// fail in a way that says it may be going away.
+    pub fn probe_active_now(&self) {
+        if let Some(w) = self.wakes.get(*self.active.borrow()) {
+            w.notify_one();
+        }
     }
 
     /// Make `index` the active volume (probed at the active interval).
@@ -477,6 +499,7 @@ async fn watch_volume(
     w: Watched,
     tx: watch::Sender<VolumeState>,
     mut active: watch::Receiver<usize>,
+    wake: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
     let mut tracker = Tracker::new(w.policy);
@@ -491,6 +514,7 @@ async fn watch_volume(
     let mut backoff = Backoff::new(base(is_active(&active)), w.policy.max_backoff);
     let mut was_active = is_active(&active);
     loop {
+        let began = Instant::now();
         let (verdict, answers) = tokio::select! {
             r = probe_once(&w.probes, w.policy.timeout) => r,
             _ = cancel.cancelled() => return,
@@ -519,6 +543,13 @@ async fn watch_volume(
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = active.changed() => {}
+            _ = wake.notified() => {
+                let gap = w.policy.confirm_interval.min(delay);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(began + gap) => {}
+                    _ = cancel.cancelled() => return,
+                }
+            }
             _ = cancel.cancelled() => return,
         }
     }

@@ -91,6 +91,8 @@ pub struct Vfs {
     handles: HandleTable,
     opts: VfsOptions,
     retried: AtomicU64,
+    alarm: Arc<tokio::sync::Notify>,
+    alarms: AtomicU64,
 }
 
 impl Vfs {
@@ -105,7 +107,27 @@ impl Vfs {
             handles: HandleTable::new(),
             opts,
             retried: AtomicU64::new(0),
+            alarm: Arc::new(tokio::sync::Notify::new()),
+            alarms: AtomicU64::new(0),
         }
+    }
+
+    /// Notified when an operation fails in a way that says the volume itself may be going away
+    /// (a [`Kind::Backend`] failure: `EIO`, `ENOTCONN`, `ESTALE` from below, a timeout…): whoever
+    /// watches the volume should look at it now rather than at its next interval.
+    pub fn alarm(&self) -> &Arc<tokio::sync::Notify> {
+        &self.alarm
+    }
+
+    /// Operations that raised the alarm (a counter).
+    pub fn alarms_total(&self) -> u64 {
+        self.alarms.load(Ordering::Relaxed)
+    }
+
+    /// Raise the alarm (see [`Vfs::alarm`]).
+    pub fn raise_alarm(&self) {
+        self.alarms.fetch_add(1, Ordering::Relaxed);
+        self.alarm.notify_one();
     }
 
     /// Operations retried on a new route after failing on the old one (a counter).
@@ -190,19 +212,37 @@ impl Vfs {
         mut f: impl FnMut(&Ticket) -> Result<T>,
     ) -> Result<T> {
         match f(&ticket) {
-            Err(e) if e.retryable() && self.may_retry(retry) => {
-                let generation = ticket.generation();
-                drop(ticket);
-                match self.router.enter_newer(generation) {
-                    Some(Ok(next)) => {
-                        self.retried.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(error = %e, generation = next.generation(), "retrying on the new route");
-                        f(&next)
-                    }
-                    _ => Err(e),
-                }
-            }
+            Err(e) if e.retryable() => self.failed(e, ticket, retry, f),
             r => r,
+        }
+    }
+
+    /// An operation failed on its route with a failure of the volume or of the route: raise the
+    /// alarm for the first kind, and run the operation once more on the next route when it is
+    /// safe and that route is there.
+    #[cold]
+    fn failed<T>(
+        &self,
+        e: Error,
+        ticket: Ticket,
+        retry: Retry,
+        mut f: impl FnMut(&Ticket) -> Result<T>,
+    ) -> Result<T> {
+        if e.kind() == Kind::Backend {
+            self.raise_alarm();
+        }
+        if !self.may_retry(retry) {
+            return Err(e);
+        }
+        let generation = ticket.generation();
+        drop(ticket);
+        match self.router.enter_newer(generation) {
+            Some(Ok(next)) => {
+                self.retried.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, generation = next.generation(), "retrying on the new route");
+                f(&next)
+            }
+            _ => Err(e),
         }
     }
 

@@ -886,3 +886,33 @@ fn with_reopen_verify_a_reader_follows_only_a_file_that_looks_the_same() {
     let e = differs.read_at(&mut buf, 0).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ESTALE));
 }
+
+#[test]
+fn a_failing_operation_has_the_active_volume_probed_at_once() {
+    let c = FakeCluster::start(1);
+    c.create("vol-a");
+    let masters = format!("{:?}", c.addrs());
+    // The primary's probe would not run again for an hour on its own.
+    let layout = Layout::with_volumes(2, "", &fast(), |i| {
+        if i == 0 {
+            format!(
+                "probe = {{ kind = \"cubefs\", masters = {masters}, volume = \"vol-a\", timeout = \"200ms\" }}\nhealth = {{ interval = \"1h\" }}"
+            )
+        } else {
+            String::new()
+        }
+    });
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    wait_until(Duration::from_secs(10), "the first probe round", || {
+        fx.app().monitor().state(0).is_some_and(|s| s.rounds >= 1)
+    });
+    c.set("vol-a", VolState::Gone);
+    // What a client of a deleted CubeFS volume answers on the data path.
+    fx.faults[0].fail_all(libc::EIO);
+    let e = fs::read(fx.path("both/a")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    wait_for_switch(&fx, 1);
+    assert_eq!(fs::read(fx.path("both/a")).unwrap(), content(1, "both/a"));
+    assert!(fx.app().vfs().alarms_total() >= 1);
+}
