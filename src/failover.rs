@@ -407,15 +407,8 @@ impl Controller {
             .begin_generation(generation, volume.backend.root_id());
         let detached = self.vfs.inodes().detach_extra_links();
         // Before anything runs on the new volume: handles that wrote on the old one must not
-        // follow (see `crate::handles`).
-        let (left, wrote) = self.vfs.leave_old(generation, &volume);
-        entry.released = left.files.len() as u64;
-        entry.writes_left_total = wrote.len() as u64;
-        entry.writes_left = wrote
-            .iter()
-            .take(WRITES_LEFT_LISTED)
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
+        // follow (see `crate::handles`). Only handle locks, never I/O: the files are closed later.
+        let left = self.vfs.leave_old(generation, &volume);
         self.router
             .publish(Route::serving(generation, volume.clone()));
         entry.swap = t0.elapsed();
@@ -431,7 +424,9 @@ impl Controller {
         let limit = self.settings.drain_timeout;
         let t1 = Instant::now();
         let counted = Arc::new(AtomicU64::new(0));
-        let invalidation = self.invalidate_kernel_caches(detached, counted.clone());
+        // Inodes written on the old volume first: their cached pages must not outlive the switch.
+        let invalidation =
+            self.invalidate_kernel_caches(left.wrote.clone(), detached, counted.clone());
         let finished = tokio::select! {
             r = tokio::time::timeout(limit, invalidation) => r.is_ok(),
             _ = &mut forced => false,
@@ -448,12 +443,26 @@ impl Controller {
         let vfs = self.vfs.clone();
         let v = volume.clone();
         let stale = tokio::task::spawn_blocking(move || {
+            // Operations of the old route still running at the drain deadline may have opened or
+            // written since the first sweep: sweep again.
+            let late = vfs.leave_old(generation, &v);
+            let mut wrote = left.wrote;
+            wrote.extend(late.wrote);
+            let wrote = vfs.paths_of(&wrote);
+            let released = (left.files.len() + late.files.len()) as u64;
             // Closing may block on a dead volume: here, bounded, not before the publish.
-            drop(left);
-            vfs.handles_missing_on(&v)
+            drop((left.files, late.files));
+            (wrote, released, vfs.handles_missing_on(&v))
         });
-        if let Ok(Ok(missing)) = tokio::time::timeout(limit, stale).await {
+        if let Ok(Ok((wrote, released, missing))) = tokio::time::timeout(limit, stale).await {
+            entry.released = released;
             entry.stale_handles = missing;
+            entry.writes_left_total = wrote.len() as u64;
+            entry.writes_left = wrote
+                .iter()
+                .take(WRITES_LEFT_LISTED)
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
         }
         // The volume now serving is recorded; one left because it is gone (or was re-opened) is
         // closed, so its mount can be unmounted.
@@ -482,10 +491,16 @@ impl Controller {
     /// inode, and the `names` that no longer map where they did (hard links). Other names are
     /// left to the kernel's own revalidation (`entry_ttl`): dropping them would make the kernel
     /// forget inodes nobody holds, and their numbers would change, while the same path keeps the
-    /// same inode number. `done` counts what was dropped. Runs on a blocking thread (the kernel
+    /// same inode number. The inodes in `first` (files written on the old volume) go before all
+    /// others. `done` counts what was dropped. Runs on a blocking thread (the kernel
     /// may need a FUSE worker to answer something meanwhile; a worker must never be the one
     /// waiting).
-    async fn invalidate_kernel_caches(&self, names: Vec<(u64, OsString)>, done: Arc<AtomicU64>) {
+    async fn invalidate_kernel_caches(
+        &self,
+        first: Vec<u64>,
+        names: Vec<(u64, OsString)>,
+        done: Arc<AtomicU64>,
+    ) {
         let Some(cache) = self.cache.clone() else {
             return;
         };
@@ -501,7 +516,7 @@ impl Controller {
                     }
                 }
             }
-            for ino in vfs.inodes().known() {
+            for ino in first.into_iter().chain(vfs.inodes().known()) {
                 match cache.invalidate_inode(ino) {
                     Ok(()) => {
                         done.fetch_add(1, Ordering::Relaxed);

@@ -21,7 +21,7 @@
 //! - No global lock: the table is sharded, and each handle has its own small lock, held only to
 //!   read or replace its binding (never across backend I/O).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,7 +90,10 @@ pub enum Reopen {
 enum Check {
     Use(Arc<dyn OpenFile>),
     Fail(Error),
-    Reopen,
+    /// Re-open on the new volume; `from` is the table position of the volume left.
+    Reopen {
+        from: usize,
+    },
 }
 
 /// Why a handle turned stale, for the log.
@@ -106,7 +109,15 @@ pub enum StaleWhy {
 
 impl Bound {
     /// What the binding says for an operation at `at`; `change`: the operation changes the file.
-    fn check(&mut self, at: Epoch, stale_errno: i32, change: bool) -> Check {
+    /// A file the binding lets go of goes to `displaced`, for the caller to drop once it released
+    /// the lock (closing a file of a hung volume may block).
+    fn check(
+        &mut self,
+        at: Epoch,
+        stale_errno: i32,
+        change: bool,
+        displaced: &mut Option<Arc<dyn OpenFile>>,
+    ) -> Check {
         let check = match &mut self.binding {
             Binding::Stale => return Check::Fail(Error::stale(stale_errno)),
             Binding::Open { epoch, file } => {
@@ -121,22 +132,20 @@ impl Bound {
                     *epoch = at;
                     Check::Use(file.clone())
                 } else {
-                    Check::Reopen
+                    Check::Reopen { from: epoch.index }
                 }
             }
             Binding::Released { epoch } => {
                 if epoch.generation < at.generation {
-                    Check::Reopen
+                    Check::Reopen { from: epoch.index }
                 } else {
                     return Check::Fail(Error::unavailable(libc::EIO));
                 }
             }
         };
         match check {
-            Check::Reopen if self.wrote && self.index() != Some(at.index) => {
-                // A released binding holds no file; an open one is on a volume the switch is
-                // leaving and closes when the caller lets go.
-                let _old = self.stale(StaleWhy::WroteOnOld);
+            Check::Reopen { from } if self.wrote && from != at.index => {
+                *displaced = self.stale(StaleWhy::WroteOnOld);
                 Check::Fail(Error::stale(stale_errno))
             }
             Check::Use(_) => {
@@ -175,26 +184,39 @@ impl FileHandle {
         at: Epoch,
         stale_errno: i32,
         change: bool,
-        reopen: impl FnOnce() -> Result<Reopen>,
+        reopen: impl FnOnce(usize) -> Result<Reopen>,
     ) -> Result<Arc<dyn OpenFile>> {
-        match self.bound.lock().check(at, stale_errno, change) {
+        let mut displaced = None;
+        let check = self
+            .bound
+            .lock()
+            .check(at, stale_errno, change, &mut displaced);
+        drop(displaced);
+        let from = match check {
             Check::Use(file) => return Ok(file),
             Check::Fail(e) => return Err(e),
-            Check::Reopen => {}
-        }
+            Check::Reopen { from } => from,
+        };
         // Re-open outside the lock; if two operations race, the first binding wins and the other
         // file is simply closed.
-        let opened = reopen()?;
+        let opened = reopen(from)?;
         let mut b = self.bound.lock();
-        match b.check(at, stale_errno, change) {
+        let mut displaced = None;
+        let result = match b.check(at, stale_errno, change, &mut displaced) {
             Check::Use(file) => Ok(file),
             Check::Fail(e) => Err(e),
-            Check::Reopen => match opened {
+            Check::Reopen { .. } => match opened {
                 Reopen::Opened(file) => {
-                    b.binding = Binding::Open {
-                        epoch: at,
-                        file: file.clone(),
-                    };
+                    let old = std::mem::replace(
+                        &mut b.binding,
+                        Binding::Open {
+                            epoch: at,
+                            file: file.clone(),
+                        },
+                    );
+                    if let Binding::Open { file, .. } = old {
+                        displaced = Some(file);
+                    }
                     b.wrote |= change;
                     Ok(file)
                 }
@@ -204,13 +226,25 @@ impl FileHandle {
                         ?why,
                         "open handle cannot follow the switch; it answers the stale errno from now on"
                     );
-                    // Dropped outside the lock.
-                    let old = b.stale(why);
-                    drop(b);
-                    drop(old);
+                    displaced = b.stale(why);
                     Err(Error::stale(stale_errno))
                 }
             },
+        };
+        // Closed outside the lock (the losing re-open too, when `opened` was not used).
+        drop(b);
+        drop(displaced);
+        result
+    }
+
+    /// Mark the handle as having changed its file, if it is bound at `at` (a change made through
+    /// another route to the same open file, see [`HandleTable::any_file_of`]).
+    fn mark_changed(&self, at: Epoch) {
+        let mut b = self.bound.lock();
+        if let Binding::Open { epoch, .. } = &b.binding
+            && epoch.index == at.index
+        {
+            b.wrote = true;
         }
     }
 
@@ -238,9 +272,13 @@ impl FileHandle {
     /// Before a switch to `to` is published: let go of the file if it belongs to another volume
     /// incarnation (handed back in `left.files`), and turn the handle stale if it changed its
     /// file on another volume of the table.
-    fn leave_old(&self, to: Epoch, left: &mut LeftBehind) {
+    fn leave_old(&self, to: Epoch, written: &HashSet<u64>, left: &mut LeftBehind) {
         let mut b = self.bound.lock();
-        let wrote_on_old = b.wrote && b.index().is_some_and(|i| i != to.index);
+        // A writable handle of a file another handle wrote may have carried its writes too (the
+        // kernel writes mmap'ed pages back through any writable handle of the inode).
+        let writable = self.flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let wrote_on_old = (b.wrote || (writable && written.contains(&self.ino)))
+            && b.index().is_some_and(|i| i != to.index);
         if wrote_on_old {
             left.wrote.push(self.ino);
             left.files.extend(b.stale(StaleWhy::WroteOnOld));
@@ -398,11 +436,14 @@ impl HandleTable {
     /// An open file of `ino` usable at `at` (for `getattr` and `setattr` of an unlinked file
     /// that is still open). `Err(stale)` when the inode is open only on an earlier volume: its
     /// file is not on the current one. Walks the table: only used on that rare path.
+    /// `change`: the caller changes the file through it, which marks the handle as having
+    /// written (see the module docs).
     pub fn any_file_of(
         &self,
         ino: u64,
         at: Epoch,
         stale_errno: i32,
+        change: bool,
     ) -> Option<Result<Arc<dyn OpenFile>>> {
         let mut older = false;
         for shard in self.shards.iter() {
@@ -414,6 +455,9 @@ impl HandleTable {
                     if epoch.generation == at.generation
                         || (epoch.generation < at.generation && epoch.volume == at.volume)
                     {
+                        if change {
+                            f.mark_changed(at);
+                        }
                         return Some(Ok(file));
                     }
                     older |= epoch.generation < at.generation;
@@ -444,11 +488,21 @@ impl HandleTable {
     /// handle that changed its file on another volume of the table (see the module docs). Takes
     /// only the handles' own locks; closing the files is left to the caller.
     pub fn leave_old(&self, to: Epoch) -> LeftBehind {
+        let mut written = HashSet::new();
+        for shard in self.shards.iter() {
+            for h in shard.read().values() {
+                if let Handle::File(f) = &**h
+                    && f.bound.lock().wrote
+                {
+                    written.insert(f.ino);
+                }
+            }
+        }
         let mut left = LeftBehind::default();
         for shard in self.shards.iter() {
             for h in shard.read().values() {
                 if let Handle::File(f) = &**h {
-                    f.leave_old(to, &mut left);
+                    f.leave_old(to, &written, &mut left);
                 }
             }
         }
@@ -507,13 +561,13 @@ mod tests {
         let Handle::File(h) = &*h else { panic!() };
         // A newer route over the same volume keeps the file, without re-opening...
         let same = h
-            .file(at(2, 0), libc::ESTALE, false, || unreachable!())
+            .file(at(2, 0), libc::ESTALE, false, |_| unreachable!())
             .unwrap();
         assert_eq!(h.generation(), Some(2));
         drop(same);
         // ...another volume re-opens it...
         let reopened = h
-            .file(at(3, 1), libc::ESTALE, false, || {
+            .file(at(3, 1), libc::ESTALE, false, |_| {
                 Ok(Reopen::Opened(open()?))
             })
             .unwrap();
@@ -521,20 +575,20 @@ mod tests {
         drop(reopened);
         // ...after which an operation still running on an older route gets no file at all.
         let e = h
-            .file(at(2, 0), libc::ESTALE, false, || unreachable!())
+            .file(at(2, 0), libc::ESTALE, false, |_| unreachable!())
             .err()
             .unwrap();
         assert_eq!(e.kind(), crate::error::Kind::Unavailable);
         // A file missing on the next volume makes the handle stale, for good.
         let e = h
-            .file(at(4, 0), libc::ESTALE, false, || {
+            .file(at(4, 0), libc::ESTALE, false, |_| {
                 Ok(Reopen::Gone(StaleWhy::Gone))
             })
             .err()
             .unwrap();
         assert_eq!(e.errno(), libc::ESTALE);
         let e = h
-            .file(at(5, 1), libc::ESTALE, false, || unreachable!())
+            .file(at(5, 1), libc::ESTALE, false, |_| unreachable!())
             .err()
             .unwrap();
         assert_eq!(e.errno(), libc::ESTALE);
@@ -549,10 +603,10 @@ mod tests {
         // ...an operation still on the old route gets nothing, and the next route re-opens,
         // even over the same volume (a switch back).
         assert!(
-            h.file(at(6, 7), libc::ESTALE, false, || unreachable!())
+            h.file(at(6, 7), libc::ESTALE, false, |_| unreachable!())
                 .is_err()
         );
-        let reopened = h.file(at(7, 7), libc::ESTALE, false, || {
+        let reopened = h.file(at(7, 7), libc::ESTALE, false, |_| {
             Ok(Reopen::Opened(open()?))
         });
         assert!(reopened.is_ok());
@@ -569,27 +623,27 @@ mod tests {
         let reader = table.open_file(2, libc::O_RDWR, at(1, 0), open().unwrap(), false, None);
         let h = get(reader);
         let Handle::File(h) = &*h else { panic!() };
-        h.file(at(1, 0), libc::ESTALE, false, || unreachable!())
+        h.file(at(1, 0), libc::ESTALE, false, |_| unreachable!())
             .unwrap();
         assert!(!h.wrote());
         // Written: stale after the switch, found at once by the switch itself...
         let writer = table.open_file(3, libc::O_RDWR, at(1, 0), open().unwrap(), false, None);
         let w = get(writer);
         let Handle::File(w) = &*w else { panic!() };
-        w.file(at(1, 0), libc::ESTALE, true, || unreachable!())
+        w.file(at(1, 0), libc::ESTALE, true, |_| unreachable!())
             .unwrap();
         assert!(w.wrote());
         let left = table.leave_old(at(2, 1));
         assert_eq!((left.files.len(), left.wrote), (2, vec![3]));
         let e = w
-            .file(at(2, 1), libc::ESTALE, false, || unreachable!())
+            .file(at(2, 1), libc::ESTALE, false, |_| unreachable!())
             .err()
             .unwrap();
         assert_eq!(e.errno(), libc::ESTALE);
         assert!(
-            h.file(at(2, 1), libc::ESTALE, false, || Ok(
-                Reopen::Opened(open()?)
-            ))
+            h.file(at(2, 1), libc::ESTALE, false, |_| Ok(Reopen::Opened(
+                open()?
+            )))
             .is_ok()
         );
         // ...or by its next use when the switch has not got to it yet; created or truncated at
@@ -598,7 +652,7 @@ mod tests {
         let c = get(created);
         let Handle::File(c) = &*c else { panic!() };
         let e = c
-            .file(at(3, 2), libc::ESTALE, false, || unreachable!())
+            .file(at(3, 2), libc::ESTALE, false, |_| unreachable!())
             .err()
             .unwrap();
         assert_eq!(e.errno(), libc::ESTALE);
@@ -615,9 +669,9 @@ mod tests {
         let left = table.leave_old(remounted);
         assert!(left.wrote.is_empty());
         assert!(
-            a.file(remounted, libc::ESTALE, true, || Ok(
-                Reopen::Opened(open()?)
-            ))
+            a.file(remounted, libc::ESTALE, true, |_| Ok(Reopen::Opened(
+                open()?
+            )))
             .is_ok()
         );
     }

@@ -135,17 +135,21 @@ impl Vfs {
         self.retried.load(Ordering::Relaxed)
     }
 
-    /// Before a switch to `volume` under `generation` is published: let go of the old volume's
-    /// files and turn stale the handles that wrote there (see [`crate::handles`]); returns those
-    /// handles' files by path.
-    pub fn leave_old(&self, generation: u64, volume: &Volume) -> (LeftBehind, Vec<PathBuf>) {
-        let left = self.handles.leave_old(Epoch {
+    /// After a switch to `volume` under `generation`: let go of the old volume's files and turn
+    /// stale the handles that wrote there (see [`crate::handles`]). Idempotent: the switch runs
+    /// it before the publish, and once more after, for operations of the old route that were
+    /// still running.
+    pub fn leave_old(&self, generation: u64, volume: &Volume) -> LeftBehind {
+        self.handles.leave_old(Epoch {
             generation,
             volume: volume.serial(),
             index: volume.index,
-        });
-        let mut paths: Vec<PathBuf> = left
-            .wrote
+        })
+    }
+
+    /// The paths of `inos`, sorted, once each (an inode with no path is named by number).
+    pub fn paths_of(&self, inos: &[u64]) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = inos
             .iter()
             .map(|&ino| {
                 self.inodes
@@ -155,7 +159,7 @@ impl Vfs {
             .collect();
         paths.sort();
         paths.dedup();
-        (left, paths)
+        paths
     }
 
     /// Open file handles whose file does not exist on `volume` (they will answer the stale errno
@@ -328,8 +332,8 @@ impl Vfs {
         let Handle::File(h) = &*h else {
             return Err(Error::invalid(libc::EBADF));
         };
-        h.file(epoch(t), self.opts.stale_errno, change, || {
-            reopen(&self.inodes, t.volume(), h)
+        h.file(epoch(t), self.opts.stale_errno, change, |from| {
+            reopen(&self.inodes, t.volume(), h, from)
         })
     }
 
@@ -372,13 +376,15 @@ impl Vfs {
                 Ok((_, attr)) => Ok(attr),
                 // Unlinked, or its name taken by another file, but still open: ask an open file
                 // of this volume.
-                Err(e) => match self
-                    .handles
-                    .any_file_of(ino, epoch(t), self.opts.stale_errno)
-                {
-                    Some(file) => file?.stat(),
-                    None => Err(e),
-                },
+                Err(e) => {
+                    match self
+                        .handles
+                        .any_file_of(ino, epoch(t), self.opts.stale_errno, false)
+                    {
+                        Some(file) => file?.stat(),
+                        None => Err(e),
+                    }
+                }
             }
         })
     }
@@ -396,7 +402,7 @@ impl Vfs {
                 Ok((path, _)) => t.volume().backend.setattr(&path, set),
                 Err(e) => match self
                     .handles
-                    .any_file_of(ino, epoch(t), self.opts.stale_errno)
+                    .any_file_of(ino, epoch(t), self.opts.stale_errno, true)
                 {
                     Some(file) => file?.setattr(set),
                     None => Err(e),
@@ -837,8 +843,8 @@ fn epoch(t: &Ticket) -> Epoch {
     }
 }
 
-/// Re-open handle `h` on `volume` after a switch.
-fn reopen(inodes: &InodeTable, volume: &Volume, h: &FileHandle) -> Result<Reopen> {
+/// Re-open handle `h` on `volume` after a switch from the volume at table position `from`.
+fn reopen(inodes: &InodeTable, volume: &Volume, h: &FileHandle, from: usize) -> Result<Reopen> {
     let path = match inodes.path(h.ino) {
         Ok(p) => p,
         Err(e) if e.errno() == libc::ENOENT => return Ok(Reopen::Gone(StaleWhy::Gone)),
@@ -851,7 +857,8 @@ fn reopen(inodes: &InodeTable, volume: &Volume, h: &FileHandle) -> Result<Reopen
         Err(e) if e.errno() == libc::ENOENT => return Ok(Reopen::Gone(StaleWhy::Gone)),
         Err(e) => return Err(e),
     };
-    if let Some((size, mtime)) = h.opened_as {
+    // The same volume re-opened (a remount) holds the same data: nothing to verify.
+    if let Some((size, mtime)) = h.opened_as.filter(|_| from != volume.index) {
         let now = file.stat()?;
         if (now.size, now.mtime) != (size, mtime) {
             return Ok(Reopen::Gone(StaleWhy::Differs));

@@ -865,14 +865,19 @@ fn with_reopen_verify_a_reader_follows_only_a_file_that_looks_the_same() {
     // both/a: same size and mtime on both volumes (a replica made with `rsync -a`); both/b:
     // same size, another mtime.
     let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    for v in &layout.vols {
+    let touch = |path: PathBuf, t: SystemTime| {
         fs::File::options()
             .write(true)
-            .open(v.join("both/a"))
+            .open(path)
             .unwrap()
-            .set_modified(when)
-            .unwrap();
+            .set_modified(t)
+            .unwrap()
+    };
+    for v in &layout.vols {
+        touch(v.join("both/a"), when);
     }
+    touch(layout.vols[0].join("both/b"), when);
+    touch(layout.vols[1].join("both/b"), when + Duration::from_secs(1));
     let fx = Fixture::mount(layout);
     let same = fs::File::open(fx.path("both/a")).unwrap();
     let differs = fs::File::open(fx.path("both/b")).unwrap();
