@@ -26,6 +26,7 @@ use crate::config::{
 };
 use crate::exit::Exit;
 use crate::failover::{AuditEntry, Controller, KernelCache, Opener, Outcome, Trigger};
+use crate::fuse::deadline::Deadlines;
 use crate::fuse::session::{MountOptions, Mounted, Unmounted};
 use crate::fuse::{FuseFs, NotifierCache, Ttls};
 use crate::monitor::{Health, Monitor, Watched, probe_once};
@@ -117,6 +118,7 @@ pub struct App {
     /// Taken only by `Drop`, to shut down with a time limit.
     runtime: Option<tokio::runtime::Runtime>,
     vfs: Arc<Vfs>,
+    deadlines: Arc<Deadlines>,
     monitor: Arc<Monitor>,
     audit: Arc<Mutex<Vec<AuditEntry>>>,
     commands: mpsc::UnboundedSender<Command>,
@@ -279,9 +281,19 @@ impl App {
         }
         let ended = Arc::new(Notify::new());
         let ready = Arc::new(Notify::new());
+        let deadlines = {
+            let vfs = vfs.clone();
+            Deadlines::new(
+                settings.mount.op_timeout,
+                settings.mount.op_timeout_errno.0,
+                settings.mount.threads,
+                Box::new(move || vfs.raise_alarm()),
+            )
+        };
         let fs = FuseFs::new(
             ready.clone(),
             vfs.clone(),
+            deadlines.clone(),
             Ttls {
                 attr: settings.mount.attr_ttl,
                 entry: settings.mount.entry_ttl,
@@ -368,12 +380,18 @@ impl App {
         Ok(App {
             runtime: Some(runtime),
             vfs,
+            deadlines,
             monitor,
             audit,
             commands,
             done: Some(done),
             mount_path,
         })
+    }
+
+    /// The operations' deadline keeper (`mount.op_timeout`).
+    pub fn deadlines(&self) -> &Arc<Deadlines> {
+        &self.deadlines
     }
 
     /// The logical volume.

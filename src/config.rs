@@ -73,6 +73,13 @@ pub struct MountSettings {
     pub suid: bool,
     /// Let device nodes on the volume act as devices (`dev`); off by default (`nodev`).
     pub dev: bool,
+    /// How long one operation may wait for its volume. Past it the application gets
+    /// `op_timeout_errno` while the call finishes on its own worker, and the volume is probed at
+    /// once. Keep it under the kernel's FUSE request timeout, if one is set.
+    #[serde(with = "duration")]
+    pub op_timeout: Duration,
+    /// What an operation past `op_timeout` gets (`ETIMEDOUT` or `EIO`, or any errno name).
+    pub op_timeout_errno: Errno,
 }
 
 impl Default for MountSettings {
@@ -87,6 +94,8 @@ impl Default for MountSettings {
             create_missing: false,
             suid: false,
             dev: false,
+            op_timeout: Duration::from_secs(30),
+            op_timeout_errno: Errno(libc::ETIMEDOUT),
         }
     }
 }
@@ -879,6 +888,13 @@ impl Settings {
             return Err(err(
                 "mount.threads",
                 format!("must be between 1 and 256, got {}", self.mount.threads),
+            ));
+        }
+        let op = self.mount.op_timeout;
+        if op < Duration::from_millis(100) || op > Duration::from_secs(3600) {
+            return Err(err(
+                "mount.op_timeout",
+                "must be between 100ms and 1h".into(),
             ));
         }
         for (key, ttl) in [

@@ -10,6 +10,7 @@
 //! serving. Nothing in here calls the kernel's cache-invalidation interface; that happens from the
 //! switch controller, never from a worker thread (it can deadlock the channel).
 
+pub mod deadline;
 pub mod session;
 
 use std::cell::RefCell;
@@ -31,6 +32,7 @@ use tokio::sync::Notify;
 use crate::backend::{Attr, Caller, FileKind, SetAttr, SetTime};
 use crate::error::{Error, Level};
 use crate::vfs::{DirItem, Entry, Vfs};
+use deadline::{Deadlines, Park};
 
 thread_local! {
     /// Per-worker read buffer: reads allocate nothing once a worker has seen its largest read.
@@ -71,6 +73,7 @@ pub struct Ttls {
 /// The fuser filesystem: a thin shell around [`Vfs`].
 pub struct FuseFs {
     vfs: Arc<Vfs>,
+    deadlines: Arc<Deadlines>,
     ttl: Ttls,
     ended: Arc<Notify>,
     ready: Arc<Notify>,
@@ -79,13 +82,45 @@ pub struct FuseFs {
 impl FuseFs {
     /// Serve `vfs`; `ready` is notified when the kernel's INIT is answered, `ended` when the
     /// session ends (unmounted, or connection lost).
-    pub fn new(ready: Arc<Notify>, vfs: Arc<Vfs>, ttl: Ttls, ended: Arc<Notify>) -> FuseFs {
+    pub fn new(
+        ready: Arc<Notify>,
+        vfs: Arc<Vfs>,
+        deadlines: Arc<Deadlines>,
+        ttl: Ttls,
+        ended: Arc<Notify>,
+    ) -> FuseFs {
         FuseFs {
             vfs,
+            deadlines,
             ttl,
             ended,
             ready,
         }
+    }
+
+    /// Run `run` under the deadline ([`deadline`]) and answer `reply` with `ok` or the error.
+    /// `ino` (and `name`, for an operation on a name in directory `ino`) say what it is about.
+    #[inline]
+    fn serve<R: Park, T>(
+        &self,
+        op: &'static str,
+        ino: u64,
+        name: Option<&OsStr>,
+        reply: R,
+        run: impl FnOnce() -> Result<T, Error>,
+        ok: impl FnOnce(R, T),
+    ) {
+        self.deadlines.serve(
+            op,
+            ino,
+            deadline::key(ino, name),
+            reply,
+            |_| run(),
+            |reply, r| match r {
+                Ok(v) => ok(reply, v),
+                Err(e) => reply.fail(errno(op, ino, e)),
+            },
+        );
     }
 
     fn reply_entry(&self, e: Entry, reply: ReplyEntry) {
@@ -236,15 +271,20 @@ impl Filesystem for FuseFs {
     }
 
     fn destroy(&mut self) {
+        self.deadlines.stop();
         tracing::debug!("FUSE session ended");
         self.ended.notify_one();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.vfs.lookup(parent.0, name) {
-            Ok(e) => self.reply_entry(e, reply),
-            Err(e) => reply.error(errno("lookup", parent.0, e)),
-        }
+        self.serve(
+            "lookup",
+            parent.0,
+            Some(name),
+            reply,
+            || self.vfs.lookup(parent.0, name),
+            |reply, e| self.reply_entry(e, reply),
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -252,10 +292,14 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.vfs.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.ttl.attr, &file_attr(ino.0, &a)),
-            Err(e) => reply.error(errno("getattr", ino.0, e)),
-        }
+        self.serve(
+            "getattr",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.getattr(ino.0, fh.map(|f| f.0)),
+            |reply, a| reply.attr(&self.ttl.attr, &file_attr(ino.0, &a)),
+        );
     }
 
     fn setattr(
@@ -285,17 +329,25 @@ impl Filesystem for FuseFs {
             mtime: set_time(mtime),
             by: Some(caller(req)),
         };
-        match self.vfs.setattr(ino.0, fh.map(|f| f.0), &set) {
-            Ok(a) => reply.attr(&self.ttl.attr, &file_attr(ino.0, &a)),
-            Err(e) => reply.error(errno("setattr", ino.0, e)),
-        }
+        self.serve(
+            "setattr",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.setattr(ino.0, fh.map(|f| f.0), &set),
+            |reply, a| reply.attr(&self.ttl.attr, &file_attr(ino.0, &a)),
+        );
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.vfs.readlink(ino.0) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno("readlink", ino.0, e)),
-        }
+        self.serve(
+            "readlink",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.readlink(ino.0),
+            |reply, target| reply.data(&target),
+        );
     }
 
     fn mknod(
@@ -308,10 +360,14 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        match self.vfs.mknod(parent.0, name, mode, rdev, caller(req)) {
-            Ok(e) => self.reply_entry(e, reply),
-            Err(e) => reply.error(errno("mknod", parent.0, e)),
-        }
+        self.serve(
+            "mknod",
+            parent.0,
+            Some(name),
+            reply,
+            || self.vfs.mknod(parent.0, name, mode, rdev, caller(req)),
+            |reply, e| self.reply_entry(e, reply),
+        );
     }
 
     fn mkdir(
@@ -323,24 +379,36 @@ impl Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.vfs.mkdir(parent.0, name, mode, caller(req)) {
-            Ok(e) => self.reply_entry(e, reply),
-            Err(e) => reply.error(errno("mkdir", parent.0, e)),
-        }
+        self.serve(
+            "mkdir",
+            parent.0,
+            Some(name),
+            reply,
+            || self.vfs.mkdir(parent.0, name, mode, caller(req)),
+            |reply, e| self.reply_entry(e, reply),
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.vfs.unlink(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("unlink", parent.0, e)),
-        }
+        self.serve(
+            "unlink",
+            parent.0,
+            Some(name),
+            reply,
+            || self.vfs.unlink(parent.0, name),
+            |reply, ()| reply.ok(),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.vfs.rmdir(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("rmdir", parent.0, e)),
-        }
+        self.serve(
+            "rmdir",
+            parent.0,
+            Some(name),
+            reply,
+            || self.vfs.rmdir(parent.0, name),
+            |reply, ()| reply.ok(),
+        );
     }
 
     fn symlink(
@@ -351,13 +419,17 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match self
-            .vfs
-            .symlink(parent.0, link_name, target.as_os_str(), caller(req))
-        {
-            Ok(e) => self.reply_entry(e, reply),
-            Err(e) => reply.error(errno("symlink", parent.0, e)),
-        }
+        self.serve(
+            "symlink",
+            parent.0,
+            Some(link_name),
+            reply,
+            || {
+                self.vfs
+                    .symlink(parent.0, link_name, target.as_os_str(), caller(req))
+            },
+            |reply, e| self.reply_entry(e, reply),
+        );
     }
 
     fn rename(
@@ -370,13 +442,17 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self
-            .vfs
-            .rename(parent.0, name, newparent.0, newname, flags.bits())
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("rename", parent.0, e)),
-        }
+        self.serve(
+            "rename",
+            parent.0,
+            Some(name),
+            reply,
+            || {
+                self.vfs
+                    .rename(parent.0, name, newparent.0, newname, flags.bits())
+            },
+            |reply, ()| reply.ok(),
+        );
     }
 
     fn link(
@@ -387,17 +463,25 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.vfs.link(ino.0, newparent.0, newname) {
-            Ok(e) => self.reply_entry(e, reply),
-            Err(e) => reply.error(errno("link", ino.0, e)),
-        }
+        self.serve(
+            "link",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.link(ino.0, newparent.0, newname),
+            |reply, e| self.reply_entry(e, reply),
+        );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.vfs.open(ino.0, flags.0, caller(req)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno("open", ino.0, e)),
-        }
+        self.serve(
+            "open",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.open(ino.0, flags.0, caller(req)),
+            |reply, fh| reply.opened(FileHandle(fh), FopenFlags::empty()),
+        );
     }
 
     fn read(
@@ -416,10 +500,19 @@ impl Filesystem for FuseFs {
             if buf.len() < size {
                 buf.resize(size, 0);
             }
-            match self.vfs.read(fh.0, offset, &mut buf[..size]) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(errno("read", ino.0, e)),
-            }
+            let buf = &mut buf[..size];
+            self.deadlines.serve(
+                "read",
+                ino.0,
+                ino.0,
+                reply,
+                // The buffer goes in and comes back out with the result, for the answer to send.
+                move |_| (self.vfs.read(fh.0, offset, &mut *buf), buf),
+                |reply: ReplyData, (r, buf)| match r {
+                    Ok(n) => reply.data(&buf[..n]),
+                    Err(e) => reply.error(errno("read", ino.0, e)),
+                },
+            );
         });
     }
 
@@ -438,10 +531,14 @@ impl Filesystem for FuseFs {
         let kill = write_flags
             .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
             .then(|| caller(req));
-        match self.vfs.write(fh.0, offset, data, kill) {
-            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
-            Err(e) => reply.error(errno("write", ino.0, e)),
-        }
+        self.serve(
+            "write",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.write(fh.0, offset, data, kill),
+            |reply, n| reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+        );
     }
 
     fn flush(
@@ -452,10 +549,14 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.vfs.flush(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("flush", ino.0, e)),
-        }
+        self.serve(
+            "flush",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.flush(fh.0),
+            |reply, ()| reply.ok(),
+        );
     }
 
     fn release(
@@ -468,8 +569,15 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.vfs.release(fh.0);
-        reply.ok();
+        // Closing a file of a hung volume blocks like any other call.
+        self.deadlines.serve(
+            "release",
+            _ino.0,
+            _ino.0,
+            reply,
+            |_| self.vfs.release(fh.0),
+            |reply: ReplyEmpty, ()| reply.ok(),
+        );
     }
 
     fn fsync(
@@ -480,17 +588,25 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.vfs.fsync(fh.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("fsync", ino.0, e)),
-        }
+        self.serve(
+            "fsync",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.fsync(fh.0, datasync),
+            |reply, ()| reply.ok(),
+        );
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.vfs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno("opendir", ino.0, e)),
-        }
+        self.serve(
+            "opendir",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.opendir(ino.0),
+            |reply, fh| reply.opened(FileHandle(fh), FopenFlags::empty()),
+        );
     }
 
     fn readdir(
@@ -499,22 +615,33 @@ impl Filesystem for FuseFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let res = self
-            .vfs
-            .readdir(ino.0, fh.0, offset, false, &mut |item: DirItem<'_>| {
-                reply.add(
-                    INodeNo(item.ino),
-                    item.next_offset,
-                    file_type(item.kind),
-                    item.name,
-                )
-            });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("readdir", ino.0, e)),
-        }
+        self.deadlines.serve(
+            "readdir",
+            ino.0,
+            ino.0,
+            reply,
+            |w| {
+                self.vfs
+                    .readdir(ino.0, fh.0, offset, false, &mut |item: DirItem<'_>| {
+                        // Answered by the watchdog meanwhile: stop filling.
+                        w.with_reply(|reply: &mut ReplyDirectory| {
+                            reply.add(
+                                INodeNo(item.ino),
+                                item.next_offset,
+                                file_type(item.kind),
+                                item.name,
+                            )
+                        })
+                        .unwrap_or(true)
+                    })
+            },
+            |reply: ReplyDirectory, r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("readdir", ino.0, e)),
+            },
+        );
     }
 
     fn readdirplus(
@@ -523,28 +650,41 @@ impl Filesystem for FuseFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.ttl.entry;
-        let res = self
-            .vfs
-            .readdir(ino.0, fh.0, offset, true, &mut |item: DirItem<'_>| {
-                let Some(entry) = item.entry else {
-                    return false;
-                };
-                reply.add(
-                    INodeNo(item.ino),
-                    item.next_offset,
-                    item.name,
-                    &ttl,
-                    &file_attr(item.ino, &entry.attr),
-                    Generation(0),
-                )
-            });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("readdirplus", ino.0, e)),
-        }
+        self.deadlines.serve(
+            "readdirplus",
+            ino.0,
+            ino.0,
+            reply,
+            |w| {
+                self.vfs
+                    .readdir(ino.0, fh.0, offset, true, &mut |item: DirItem<'_>| {
+                        let Some(entry) = item.entry else {
+                            return false;
+                        };
+                        // Answered by the watchdog meanwhile: stop filling. (The entry handed
+                        // over was counted as a lookup the kernel never saw: the inode stays
+                        // known until the next forget of it, at worst until unmount.)
+                        w.with_reply(|reply: &mut ReplyDirectoryPlus| {
+                            reply.add(
+                                INodeNo(item.ino),
+                                item.next_offset,
+                                item.name,
+                                &ttl,
+                                &file_attr(item.ino, &entry.attr),
+                                Generation(0),
+                            )
+                        })
+                        .unwrap_or(true)
+                    })
+            },
+            |reply: ReplyDirectoryPlus, r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("readdirplus", ino.0, e)),
+            },
+        );
     }
 
     fn releasedir(
@@ -572,12 +712,18 @@ impl Filesystem for FuseFs {
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        match self.vfs.statfs() {
-            Ok(s) => reply.statfs(
-                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
-            ),
-            Err(e) => reply.error(errno("statfs", ino.0, e)),
-        }
+        self.serve(
+            "statfs",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.statfs(),
+            |reply, s| {
+                reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+                )
+            },
+        );
     }
 
     fn setxattr(
@@ -590,38 +736,58 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.vfs.setxattr(ino.0, name, value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("setxattr", ino.0, e)),
-        }
+        self.serve(
+            "setxattr",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.setxattr(ino.0, name, value, flags),
+            |reply, ()| reply.ok(),
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.vfs.getxattr(ino.0, name) {
-            Ok(v) => reply_xattr(v, size, reply),
-            Err(e) => reply.error(errno("getxattr", ino.0, e)),
-        }
+        self.serve(
+            "getxattr",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.getxattr(ino.0, name),
+            |reply, v| reply_xattr(v, size, reply),
+        );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.vfs.listxattr(ino.0) {
-            Ok(v) => reply_xattr(v, size, reply),
-            Err(e) => reply.error(errno("listxattr", ino.0, e)),
-        }
+        self.serve(
+            "listxattr",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.listxattr(ino.0),
+            |reply, v| reply_xattr(v, size, reply),
+        );
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.vfs.removexattr(ino.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("removexattr", ino.0, e)),
-        }
+        self.serve(
+            "removexattr",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.removexattr(ino.0, name),
+            |reply, ()| reply.ok(),
+        );
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.vfs.access(ino.0, mask.bits(), caller(req)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("access", ino.0, e)),
-        }
+        self.serve(
+            "access",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.access(ino.0, mask.bits(), caller(req)),
+            |reply, ()| reply.ok(),
+        );
     }
 
     fn create(
@@ -634,16 +800,22 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.vfs.create(parent.0, name, mode, flags, caller(req)) {
-            Ok((e, fh)) => reply.created(
-                &self.ttl.entry,
-                &file_attr(e.ino, &e.attr),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(errno("create", parent.0, e)),
-        }
+        self.serve(
+            "create",
+            parent.0,
+            Some(name),
+            reply,
+            || self.vfs.create(parent.0, name, mode, flags, caller(req)),
+            |reply, (e, fh)| {
+                reply.created(
+                    &self.ttl.entry,
+                    &file_attr(e.ino, &e.attr),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            },
+        );
     }
 
     fn ioctl(
@@ -685,10 +857,14 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.vfs.fallocate(fh.0, offset, length, mode, caller(req)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("fallocate", ino.0, e)),
-        }
+        self.serve(
+            "fallocate",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.fallocate(fh.0, offset, length, mode, caller(req)),
+            |reply, ()| reply.ok(),
+        );
     }
 
     fn lseek(
@@ -700,10 +876,14 @@ impl Filesystem for FuseFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.vfs.lseek(fh.0, offset, whence) {
-            Ok(off) => reply.offset(off),
-            Err(e) => reply.error(errno("lseek", ino.0, e)),
-        }
+        self.serve(
+            "lseek",
+            ino.0,
+            None,
+            reply,
+            || self.vfs.lseek(fh.0, offset, whence),
+            |reply, off| reply.offset(off),
+        );
     }
 
     fn copy_file_range(
@@ -721,13 +901,17 @@ impl Filesystem for FuseFs {
     ) {
         // The reply carries a 32-bit count: copy at most that much per call.
         let len = len.min(u64::from(u32::MAX) & !0xfff);
-        match self
-            .vfs
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len, caller(req))
-        {
-            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
-            Err(e) => reply.error(errno("copy_file_range", ino_in.0, e)),
-        }
+        self.serve(
+            "copy_file_range",
+            ino_in.0,
+            None,
+            reply,
+            || {
+                self.vfs
+                    .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len, caller(req))
+            },
+            |reply, n| reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+        );
     }
 }
 
