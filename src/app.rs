@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::backend::Backend;
 use crate::config::{
     BackendSettings, FailoverSettings, HoldWrites, LeaveMount, ReopenVerify, Settings,
+    UnavailableAction,
 };
 use crate::exit::Exit;
 use crate::failover::{AuditEntry, Controller, KernelCache, Opener, Outcome, Trigger};
@@ -31,7 +32,7 @@ use crate::fuse::session::{MountOptions, Mounted, Unmounted};
 use crate::fuse::{FuseFs, NotifierCache, Ttls};
 use crate::monitor::{Health, Monitor, Watched, probe_once};
 use crate::probe::dir::RootWatch;
-use crate::probe::{Strength, Verdict};
+use crate::probe::{Strength, TransientKind, Verdict};
 use crate::routing::{Route, Router, Volume, WaitPolicy};
 use crate::vfs::{Vfs, VfsOptions};
 
@@ -284,7 +285,7 @@ impl App {
         let deadlines = {
             let vfs = vfs.clone();
             Deadlines::new(
-                settings.mount.op_timeout,
+                effective_op_timeout(settings.mount.op_timeout),
                 settings.mount.op_timeout_errno.0,
                 settings.mount.threads,
                 Box::new(move || vfs.raise_alarm()),
@@ -507,6 +508,25 @@ fn effective_failover(mut f: FailoverSettings) -> FailoverSettings {
     f
 }
 
+/// `op_timeout`, lowered to half the kernel's FUSE request timeout when it comes too close to
+/// it: past that timeout the kernel aborts the whole connection (a dead mount), where ours only
+/// fails one operation.
+fn effective_op_timeout(op_timeout: Duration) -> Duration {
+    match kernel_request_timeout() {
+        Some(limit) if op_timeout + Duration::from_secs(1) >= limit => {
+            let clamped = limit / 2;
+            tracing::warn!(
+                op_timeout = ?op_timeout,
+                kernel_timeout = ?limit,
+                using = ?clamped,
+                "mount.op_timeout is too close to the kernel's FUSE request timeout; lowering it"
+            );
+            clamped
+        }
+        _ => op_timeout,
+    }
+}
+
 /// The kernel's FUSE request timeout, if one is configured (Linux 6.14+).
 fn kernel_request_timeout() -> Option<Duration> {
     let read = |name: &str| -> Option<u64> {
@@ -584,8 +604,18 @@ impl Supervisor {
             let Some(mut state) = self.monitor.subscribe(self.active) else {
                 return self.stop(true).await;
             };
-            let (deleted, suspect) = {
+            let (deleted, suspect, outage) = {
                 let s = state.borrow_and_update();
+                // An outage of the active volume, for `on_unavailable` (never a volume that was
+                // never seen healthy: that is a configuration error).
+                let outage = match &s.health {
+                    Health::Unreachable { kind, detail }
+                        if *kind != TransientKind::NeverHealthy =>
+                    {
+                        Some((s.since, format!("{}: {detail}", kind.label())))
+                    }
+                    _ => None,
+                };
                 let deleted = match &s.health {
                     Health::Deleted {
                         evidence, pending, ..
@@ -603,9 +633,29 @@ impl Supervisor {
                     Health::Unreachable { .. } | Health::Deleted { .. } => Hold::Keep,
                     _ => Hold::Release,
                 };
-                (deleted, suspect)
+                (deleted, suspect, outage)
             };
             self.hold_changes(suspect);
+            let policy = self.settings.on_unavailable;
+            let outage = outage.filter(|_| policy.action != UnavailableAction::Wait);
+            if let Some((since, detail)) = &outage
+                && since.elapsed() >= policy.after
+            {
+                let trigger = Trigger::Unavailable {
+                    detail: format!("unavailable for {}s: {detail}", since.elapsed().as_secs()),
+                    exit: policy.action == UnavailableAction::Exit,
+                };
+                if let (Some(exit), _) = self.switch(trigger, Instant::now()).await {
+                    return exit;
+                }
+                continue;
+            }
+            let outage_over = async {
+                match &outage {
+                    Some((since, _)) => tokio::time::sleep_until(*since + policy.after).await,
+                    None => std::future::pending().await,
+                }
+            };
             if let Some((evidence, pending, since)) = deleted {
                 let trigger = Trigger::Deleted { evidence, pending };
                 if let (Some(exit), _) = self.switch(trigger, since).await {
@@ -645,6 +695,7 @@ impl Supervisor {
                     }
                 }
                 _ = state.changed() => {}
+                _ = outage_over => {}
             }
         }
     }
@@ -712,6 +763,7 @@ impl Supervisor {
     async fn switch(&mut self, trigger: Trigger, started: Instant) -> (Option<Exit>, Outcome) {
         let deleted = match &trigger {
             Trigger::Deleted { evidence, .. } => Some(evidence.clone()),
+            Trigger::Unavailable { detail, .. } => Some(detail.clone()),
             Trigger::Remounted { .. } | Trigger::Manual { .. } => None,
         };
         let from = self.router.current().volume().name.clone();

@@ -177,6 +177,43 @@ pub struct FailoverSettings {
     /// file at its path (`none`), or one with the size and modification time it had when opened
     /// (`size-mtime`); otherwise it turns stale. (A handle that wrote never follows.)
     pub reopen_verify: ReopenVerify,
+    /// What to do when the active volume has answered nothing but transient failures (timeouts,
+    /// `ENOTCONN`, 5xx, no leader) for `after`. `wait` (default): keep waiting, as for any
+    /// outage. `failover`/`exit`: treat it like a confirmed deletion. Beware: a network
+    /// partition then makes clients on either side write to different volumes.
+    pub on_unavailable: OnUnavailable,
+}
+
+/// `on_unavailable = { after = "2m", action = "wait" }`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnUnavailable {
+    /// How long the outage must last.
+    #[serde(with = "duration")]
+    pub after: Duration,
+    /// What then.
+    pub action: UnavailableAction,
+}
+
+impl Default for OnUnavailable {
+    fn default() -> Self {
+        OnUnavailable {
+            after: Duration::from_secs(120),
+            action: UnavailableAction::Wait,
+        }
+    }
+}
+
+/// `on_unavailable.action`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnavailableAction {
+    /// Switch to the next healthy standby (or exit 3 when there is none).
+    Failover,
+    /// Exit 3 without trying a standby.
+    Exit,
+    /// Keep waiting for the volume.
+    Wait,
 }
 
 /// `reopen_verify`
@@ -211,6 +248,7 @@ impl Default for FailoverSettings {
             fence_errno: Errno(libc::ENODEV),
             hold_writes: HoldWrites::Suspect,
             reopen_verify: ReopenVerify::None,
+            on_unavailable: OnUnavailable::default(),
         }
     }
 }
@@ -910,6 +948,13 @@ impl Settings {
             return Err(err(
                 "failover.drain_timeout",
                 "must be between 100ms and 60s (operations wait this long during a switch)".into(),
+            ));
+        }
+        let after = self.failover.on_unavailable.after;
+        if after < Duration::from_secs(1) || after > Duration::from_secs(86_400) {
+            return Err(err(
+                "failover.on_unavailable.after",
+                "must be between 1s and 24h".into(),
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

@@ -66,6 +66,14 @@ pub enum Trigger {
         /// The volume's index.
         index: usize,
     },
+    /// The active volume answered only transient failures for `on_unavailable.after`, and the
+    /// policy says to act as for a deletion.
+    Unavailable {
+        /// The last failure, and for how long.
+        detail: String,
+        /// Exit (3) without trying a standby.
+        exit: bool,
+    },
     /// An operator (or a test) asked; `target` names the volume, or the next healthy one.
     Manual {
         /// Volume index to switch to.
@@ -83,6 +91,12 @@ impl Trigger {
                 "deletion pending (on_pending_delete = failover)".into()
             }
             Trigger::Remounted { .. } => "volume root remounted: re-opened".into(),
+            Trigger::Unavailable { exit: false, .. } => {
+                "unavailable too long (on_unavailable = failover)".into()
+            }
+            Trigger::Unavailable { exit: true, .. } => {
+                "unavailable too long (on_unavailable = exit)".into()
+            }
             Trigger::Manual { reason, .. } => format!("manual: {reason}"),
         }
     }
@@ -90,6 +104,7 @@ impl Trigger {
     fn evidence(&self) -> String {
         match self {
             Trigger::Deleted { evidence, .. } => evidence.clone(),
+            Trigger::Unavailable { detail, .. } => detail.clone(),
             Trigger::Remounted { .. } | Trigger::Manual { .. } => "-".into(),
         }
     }
@@ -390,6 +405,7 @@ impl Controller {
                 entry.reason.push_str(" (on_delete = exit)");
                 None
             }
+            Trigger::Unavailable { exit: true, .. } => None,
             _ => pick(old.volume().index, healths, &self.volumes)
                 .and_then(|t| self.volumes.get(t).cloned().flatten()),
         };
@@ -468,7 +484,12 @@ impl Controller {
         // closed, so its mount can be unmounted.
         let from = old.volume().index;
         drop(old);
-        if from != volume.index && matches!(trigger, Trigger::Deleted { .. }) {
+        if from != volume.index
+            && matches!(
+                trigger,
+                Trigger::Deleted { .. } | Trigger::Unavailable { .. }
+            )
+        {
             self.set_volume(from, None);
         }
         self.set_volume(volume.index, Some(volume.clone()));

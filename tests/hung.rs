@@ -111,34 +111,51 @@ fn a_hung_volume_never_holds_every_worker() {
     );
 }
 
-#[test]
-fn a_dead_fuse_filesystem_under_a_volume_answers_errors_and_is_reported() {
-    // The volume is itself a FUSE mount without the auto-unmount helper, so that killing its
-    // daemon leaves a dead mount ("Transport endpoint is not connected"), as a crashed
-    // cfs-client does.
-    let inner_layout = Layout::new(1, "", "");
-    fs::write(inner_layout.vols[0].join("f"), b"data").unwrap();
-    let inner_mnt = inner_layout.mnt.clone();
-    let mut inner = BinMount::start_with_env(
-        inner_layout,
+/// A FUSE filesystem (another failoverfs, standing in for cfs-client) serving a directory with
+/// `f` = "data", mounted without the auto-unmount helper, so that killing its daemon leaves a
+/// dead mount ("Transport endpoint is not connected"), as a crashed cfs-client does.
+fn killable_fuse_volume() -> BinMount {
+    let layout = Layout::new(1, "", "");
+    fs::write(layout.vols[0].join("f"), b"data").unwrap();
+    let mnt = layout.mnt.clone();
+    BinMount::start_with_env(
+        layout,
         &[],
         &[("FUSERMOUNT_PATH", "/nonexistent/fusermount3")],
-        &inner_mnt,
-    );
+        &mnt,
+    )
+}
 
-    let mut layout = Layout::new(1, "op_timeout = \"2s\"\n", FAST_HEALTH);
+/// A failoverfs over `inner` (volume v0) and, with `standby`, a plain directory holding
+/// `f` = "standby" (volume v1).
+fn over(inner: &BinMount, standby: bool, mount_extra: &str, tail: &str) -> Fixture {
+    let mut layout = Layout::new(1 + standby as usize, mount_extra, tail);
     let config = fs::read_to_string(&layout.config).unwrap();
     let config = config.replace(
         &format!("\"{}\"", layout.vols[0].display()),
-        &format!("\"{}\"", inner_mnt.display()),
+        &format!("\"{}\"", inner.mnt.display()),
     );
     fs::write(&layout.config, config).unwrap();
-    layout.vols[0] = inner_mnt.clone();
+    layout.vols[0] = inner.mnt.clone();
+    if standby {
+        fs::write(layout.vols[1].join("f"), b"standby").unwrap();
+    }
     let fx = Fixture::mount(layout);
     assert_eq!(fs::read(fx.path("f")).unwrap(), b"data");
+    fx
+}
 
+fn kill(inner: &mut BinMount) {
     inner.signal(nix::sys::signal::Signal::SIGKILL);
     inner.wait(Duration::from_secs(10));
+}
+
+#[test]
+fn a_dead_fuse_filesystem_under_a_volume_answers_errors_and_is_reported() {
+    let mut inner = killable_fuse_volume();
+    let inner_mnt = inner.mnt.clone();
+    let fx = over(&inner, false, "op_timeout = \"2s\"\n", FAST_HEALTH);
+    kill(&mut inner);
     // Through failoverfs: an error, never a hang (the kernel answers a dead connection at once;
     // op_timeout would bound it otherwise).
     let read = timed({
@@ -182,4 +199,39 @@ fn a_dead_fuse_filesystem_under_a_volume_answers_errors_and_is_reported() {
     // With failoverfs gone, the dead mount unmounts with a plain umount.
     nix::mount::umount2(&inner_mnt, nix::mount::MntFlags::empty()).unwrap();
     assert!(!is_mounted(&inner_mnt));
+}
+
+fn on_unavailable(after: &str, action: &str) -> String {
+    format!(
+        "{FAST_HEALTH}\n[failover]\non_unavailable = {{ after = \"{after}\", action = \"{action}\" }}\n"
+    )
+}
+
+#[test]
+fn on_unavailable_failover_switches_after_a_long_outage() {
+    let mut inner = killable_fuse_volume();
+    let fx = over(&inner, true, "", &on_unavailable("1s", "failover"));
+    kill(&mut inner);
+    wait_until(Duration::from_secs(30), "the switch", || {
+        !fx.app().audit().is_empty()
+    });
+    let a = &fx.app().audit()[0];
+    assert!(a.reason.contains("unavailable"), "{a:?}");
+    assert_eq!(a.to.as_deref(), Some("v1"), "{a:?}");
+    assert_eq!(fs::read(fx.path("f")).unwrap(), b"standby");
+}
+
+#[test]
+fn on_unavailable_wait_never_switches_for_an_outage() {
+    let mut inner = killable_fuse_volume();
+    let fx = over(&inner, true, "", &on_unavailable("1s", "wait"));
+    kill(&mut inner);
+    wait_until(Duration::from_secs(10), "an outage of 2 s", || {
+        let s = fx.app().monitor().state(0).unwrap();
+        matches!(s.health, failoverfs::monitor::Health::Unreachable { .. })
+            && s.since.elapsed() > Duration::from_secs(2)
+    });
+    assert!(fx.app().audit().is_empty(), "{:?}", fx.app().audit());
+    let e = fs::read(fx.path("f")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN));
 }
