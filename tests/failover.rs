@@ -921,3 +921,52 @@ fn a_failing_operation_has_the_active_volume_probed_at_once() {
     assert_eq!(fs::read(fx.path("both/a")).unwrap(), content(1, "both/a"));
     assert!(fx.app().vfs().alarms_total() >= 1);
 }
+
+#[test]
+fn fio_writing_through_the_switch_gets_an_error_not_older_content() {
+    let layout = Layout::new(2, "", &fast());
+    populate(&layout);
+    let base = pattern(1 << 20, 7);
+    for v in &layout.vols {
+        fs::write(v.join("w/big"), &base).unwrap();
+    }
+    let fx = Fixture::mount(layout);
+    let out = fx.layout.dir.path().join("fio.out");
+    // Random 4 KiB writes, each fsynced, on one file for up to a minute.
+    let mut fio = std::process::Command::new(tool("fio"))
+        .args([
+            "--name=w",
+            "--ioengine=psync",
+            "--rw=randwrite",
+            "--bs=4k",
+            "--size=1M",
+            "--fsync=1",
+            "--time_based",
+            "--runtime=60",
+            "--output-format=normal",
+        ])
+        .arg(format!("--filename={}", fx.path("w/big").display()))
+        .arg(format!("--output={}", out.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(20), "fio writing", || {
+        fs::read(fx.vol(0, "w/big")).is_ok_and(|d| d != base)
+    });
+    fs::rename(&fx.layout.vols[0], fx.layout.dir.path().join("v0.moved")).unwrap();
+    wait_for_switch(&fx, 1);
+    wait_until(Duration::from_secs(20), "fio to stop on an error", || {
+        matches!(fio.try_wait(), Ok(Some(_)))
+    });
+    let status = fio.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(fio.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let report = fs::read_to_string(&out).unwrap_or_default();
+    assert!(!status.success(), "fio went on after the switch: {report}");
+    assert!(
+        stderr.contains("Stale file handle") || report.contains("Stale file handle"),
+        "fio's error: {stderr}\n{report}"
+    );
+    assert_eq!(fx.app().audit()[0].writes_left, vec!["w/big".to_string()]);
+}
