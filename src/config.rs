@@ -357,7 +357,7 @@ pub struct HealthSettings {
 impl Default for HealthSettings {
     fn default() -> Self {
         HealthSettings {
-            interval: Duration::from_secs(1),
+            interval: Duration::from_millis(400),
             standby_interval: Duration::from_secs(5),
             jitter: 0.1,
             timeout: Duration::from_secs(3),
