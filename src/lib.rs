@@ -37,3 +37,4 @@ pub mod monitor;
 pub mod probe;
 pub mod routing;
 pub mod vfs;
+pub mod writes;

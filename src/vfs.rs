@@ -25,6 +25,7 @@ use crate::handles::{
 };
 use crate::inode::{InodeTable, ROOT};
 use crate::routing::{Router, Ticket, Volume};
+use crate::writes::WritesInFlight;
 
 /// A file as the kernel sees it: our inode number and the backend's attributes.
 #[derive(Clone, Copy, Debug)]
@@ -93,6 +94,7 @@ pub struct Vfs {
     retried: AtomicU64,
     alarm: Arc<tokio::sync::Notify>,
     alarms: AtomicU64,
+    writing: WritesInFlight,
 }
 
 impl Vfs {
@@ -109,6 +111,7 @@ impl Vfs {
             retried: AtomicU64::new(0),
             alarm: Arc::new(tokio::sync::Notify::new()),
             alarms: AtomicU64::new(0),
+            writing: WritesInFlight::new(),
         }
     }
 
@@ -332,9 +335,27 @@ impl Vfs {
         let Handle::File(h) = &*h else {
             return Err(Error::invalid(libc::EBADF));
         };
+        self.file_of_handle(t, h, change)
+    }
+
+    fn file_of_handle(
+        &self,
+        t: &Ticket,
+        h: &FileHandle,
+        change: bool,
+    ) -> Result<Arc<dyn OpenFile>> {
         h.file(epoch(t), self.opts.stale_errno, change, |from| {
             reopen(&self.inodes, t.volume(), h, from)
         })
+    }
+
+    /// The open file behind `fh`.
+    fn open_file(&self, fh: u64) -> Result<Arc<Handle>> {
+        let h = self.handles.file(fh)?;
+        match &*h {
+            Handle::File(_) => Ok(h),
+            Handle::Dir(_) => Err(Error::invalid(libc::EBADF)),
+        }
     }
 
     /// What a handle opened now at `attr` remembers for a verified re-open.
@@ -548,7 +569,16 @@ impl Vfs {
     /// `read` into `buf`; returns the bytes read (short only at end of file).
     #[inline]
     pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        self.run(Retry::Safe, |t| self.file_of(t, fh)?.read_at(buf, offset))
+        let h = self.open_file(fh)?;
+        let Handle::File(h) = &*h else {
+            return Err(Error::invalid(libc::EBADF));
+        };
+        // A read that overlaps a write still in progress waits for it: the kernel may be filling
+        // a page it dropped while that write was on its way (see `crate::writes`).
+        self.writing.wait_clear(h.ino, offset, buf.len() as u64);
+        self.run(Retry::Safe, |t| {
+            self.file_of_handle(t, h, false)?.read_at(buf, offset)
+        })
     }
 
     /// `write` at an explicit offset; returns the bytes written. Retried on a new route unless
@@ -563,8 +593,13 @@ impl Vfs {
         data: &[u8],
         kill_privileges: Option<Caller>,
     ) -> Result<usize> {
+        let h = self.open_file(fh)?;
+        let Handle::File(h) = &*h else {
+            return Err(Error::invalid(libc::EBADF));
+        };
         self.change(Retry::Write(fh), |t| {
-            let file = self.file_to_change(t, fh)?;
+            let _writing = self.writing.begin(h.ino, offset, data.len() as u64);
+            let file = self.file_of_handle(t, h, true)?;
             match kill_privileges {
                 None => file.write_at(data, offset),
                 Some(who) => file.write_as(data, offset, who),
