@@ -19,14 +19,19 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminState, SwitchRequest};
 use crate::backend::Backend;
+use crate::config::AdminAddress;
 use crate::config::{
     BackendSettings, FailoverSettings, HoldWrites, LeaveMount, ReopenVerify, Settings,
     UnavailableAction,
 };
 use crate::exit::Exit;
-use crate::failover::{AuditEntry, Controller, KernelCache, Opener, Outcome, Trigger};
+use crate::failover::{
+    AuditEntry, Controller, KernelCache, Opener, Outcome, SwitchTotals, Trigger,
+};
 use crate::fuse::deadline::Deadlines;
 use crate::fuse::session::{MountOptions, Mounted, Unmounted};
 use crate::fuse::{FuseFs, NotifierCache, Ttls};
@@ -122,9 +127,13 @@ pub struct App {
     deadlines: Arc<Deadlines>,
     monitor: Arc<Monitor>,
     audit: Arc<Mutex<Vec<AuditEntry>>>,
+    totals: Arc<SwitchTotals>,
     commands: mpsc::UnboundedSender<Command>,
     done: Option<tokio::task::JoinHandle<Exit>>,
     mount_path: PathBuf,
+    admin_stop: CancellationToken,
+    /// The admin server's Unix socket, removed on the way out.
+    admin_socket: Option<PathBuf>,
 }
 
 impl App {
@@ -361,6 +370,7 @@ impl App {
             Controller::new(router.clone(), vfs.clone(), volumes, failover, Some(cache))
                 .with_reopening(opener, watches);
         let audit = controller.audit();
+        let totals = controller.totals();
         let (commands, command_rx) = mpsc::unbounded_channel();
         let supervisor = Supervisor {
             mounted: Some(mounted),
@@ -378,16 +388,95 @@ impl App {
             active: 0,
         };
         let done = runtime.spawn(supervisor.run());
-        Ok(App {
+        let admin_stop = CancellationToken::new();
+        let admin_address = settings.admin.address(&mount_path);
+        let mut app = App {
             runtime: Some(runtime),
             vfs,
             deadlines,
             monitor,
             audit,
+            totals,
             commands,
             done: Some(done),
             mount_path,
-        })
+            admin_stop,
+            admin_socket: None,
+        };
+        app.start_admin(settings, admin_address)?;
+        Ok(app)
+    }
+
+    /// Serve the admin API (see [`crate::admin`]). A configured address that cannot be used is
+    /// an error; the default socket is best effort (a warning).
+    fn start_admin(
+        &mut self,
+        settings: &Settings,
+        address: AdminAddress,
+    ) -> Result<(), StartError> {
+        if address == AdminAddress::Off {
+            return Ok(());
+        }
+        let token = match &settings.admin.token_file {
+            None => None,
+            Some(f) => match std::fs::read_to_string(f) {
+                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                Ok(_) => {
+                    return Err(StartError::usage(format!(
+                        "admin.token_file: {} is empty",
+                        f.display()
+                    )));
+                }
+                Err(e) => {
+                    return Err(StartError::usage(format!(
+                        "admin.token_file: cannot read {}: {e}",
+                        f.display()
+                    )));
+                }
+            },
+        };
+        let (switches, mut asked) = mpsc::unbounded_channel::<SwitchRequest>();
+        let commands = self.commands.clone();
+        let state = Arc::new(AdminState {
+            mount: self.mount_path.clone(),
+            fleet: settings.fleet(),
+            vfs: self.vfs.clone(),
+            monitor: self.monitor.clone(),
+            audit: self.audit.clone(),
+            totals: self.totals.clone(),
+            deadlines: self.deadlines.clone(),
+            switches,
+            token,
+        });
+        let Some(rt) = self.runtime.as_ref() else {
+            return Ok(());
+        };
+        // Manual switches from the admin server go to the supervisor like any other command.
+        rt.spawn(async move {
+            while let Some(r) = asked.recv().await {
+                let _ = commands.send(Command::Switch {
+                    target: Some(r.target),
+                    reason: r.reason,
+                    reply: r.reply,
+                });
+            }
+        });
+        let started = rt.block_on(admin::start(&address, state, self.admin_stop.clone()));
+        match (started, settings.admin.listen.is_some()) {
+            (Ok(()), _) => {
+                if let AdminAddress::Unix(p) = address {
+                    self.admin_socket = Some(p);
+                }
+                Ok(())
+            }
+            (Err(e), true) => Err(StartError::failure(format!(
+                "admin.listen: cannot listen on {address:?}: {e}"
+            ))),
+            (Err(e), false) => {
+                tracing::warn!(address = ?address, error = %e, "no admin server (the default socket cannot be used)");
+                Ok(())
+            }
+        }
     }
 
     /// The operations' deadline keeper (`mount.op_timeout`).
@@ -467,6 +556,10 @@ impl Drop for App {
         if self.done.is_some() {
             let _ = self.commands.send(Command::Stop);
             self.wait();
+        }
+        self.admin_stop.cancel();
+        if let Some(p) = self.admin_socket.take() {
+            let _ = std::fs::remove_file(p);
         }
         self.monitor.shutdown();
         // A blocking task stuck in a hung filesystem must not keep the process from ending.

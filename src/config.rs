@@ -44,6 +44,63 @@ pub struct Settings {
     /// The ordered volume table: primary first, then standbys.
     #[serde(default)]
     pub volumes: Vec<VolumeSettings>,
+    /// The admin HTTP server (status, metrics, manual switch).
+    #[serde(default)]
+    pub admin: AdminSettings,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Where the admin server listens: a Unix socket path (made mode 0600), a TCP address
+    /// (`127.0.0.1:9477`), or `"off"`. Default: a socket under `/run/failoverfs/` named after
+    /// the mount point ([`AdminSettings::address`]).
+    pub listen: Option<String>,
+    /// A file holding a bearer token: requests without `Authorization: Bearer <token>` get 401.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Where the admin server of a mount is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddress {
+    /// A Unix socket.
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(std::net::SocketAddr),
+    /// No admin server.
+    Off,
+}
+
+impl std::fmt::Display for AdminAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminAddress::Unix(p) => write!(f, "{}", p.display()),
+            AdminAddress::Tcp(a) => write!(f, "{a}"),
+            AdminAddress::Off => f.write_str("off"),
+        }
+    }
+}
+
+impl AdminSettings {
+    /// The address for a mount at `mount`: `listen`, or `/run/failoverfs/<mount path with / as
+    /// ->.sock` (`/mnt/data` → `/run/failoverfs/mnt-data.sock`).
+    pub fn address(&self, mount: &Path) -> AdminAddress {
+        match self.listen.as_deref().map(str::trim) {
+            Some("off") => AdminAddress::Off,
+            Some(l) if l.starts_with('/') => AdminAddress::Unix(PathBuf::from(l)),
+            Some(l) => match l.parse() {
+                Ok(a) => AdminAddress::Tcp(a),
+                // Refused by `validate`; never reached for a loaded configuration.
+                Err(_) => AdminAddress::Off,
+            },
+            None => {
+                let name = mount.to_string_lossy().trim_matches('/').replace('/', "-");
+                let name = if name.is_empty() { "-".into() } else { name };
+                AdminAddress::Unix(Path::new("/run/failoverfs").join(format!("{name}.sock")))
+            }
+        }
+    }
 }
 
 /// `[mount]`
@@ -80,6 +137,9 @@ pub struct MountSettings {
     pub op_timeout: Duration,
     /// What an operation past `op_timeout` gets (`ETIMEDOUT` or `EIO`, or any errno name).
     pub op_timeout_errno: Errno,
+    /// The logical volume's name across the fleet (every node mounting it), as the `fleet` label
+    /// of the metrics; default: the first volume's name.
+    pub fleet_name: Option<String>,
 }
 
 impl Default for MountSettings {
@@ -96,6 +156,7 @@ impl Default for MountSettings {
             dev: false,
             op_timeout: Duration::from_secs(30),
             op_timeout_errno: Errno(libc::ETIMEDOUT),
+            fleet_name: None,
         }
     }
 }
@@ -950,6 +1011,19 @@ impl Settings {
                 "must be between 100ms and 60s (operations wait this long during a switch)".into(),
             ));
         }
+        if let Some(l) = self.admin.listen.as_deref().map(str::trim)
+            && l != "off"
+            && !l.starts_with('/')
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(err(
+                "admin.listen",
+                format!(
+                    "{l:?} is neither an absolute socket path, an address such as \
+                     127.0.0.1:9477, nor \"off\""
+                ),
+            ));
+        }
         let after = self.failover.on_unavailable.after;
         if after < Duration::from_secs(1) || after > Duration::from_secs(86_400) {
             return Err(err(
@@ -1094,6 +1168,15 @@ impl Settings {
     /// The mount point. Present in every validated configuration.
     pub fn mount_path(&self) -> &Path {
         self.mount.path.as_deref().unwrap_or(Path::new("/"))
+    }
+
+    /// The fleet label: `mount.fleet_name`, or the first volume's name.
+    pub fn fleet(&self) -> String {
+        self.mount
+            .fleet_name
+            .clone()
+            .or_else(|| self.volumes.first().map(|v| v.name.clone()))
+            .unwrap_or_default()
     }
 }
 

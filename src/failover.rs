@@ -30,6 +30,8 @@
 use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::metrics::histogram::Histogram;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
@@ -175,6 +177,54 @@ pub struct AuditEntry {
     pub completed_at: SystemTime,
     /// How it ended.
     pub outcome: Outcome,
+    /// Which of [`SWITCH_REASONS`] started it.
+    pub reason_index: usize,
+}
+
+/// Totals over every switch since start, kept apart from the (bounded) audit list so that they
+/// only ever grow: what `/status` and `/metrics` count.
+#[derive(Debug)]
+pub struct SwitchTotals {
+    /// Switches that swapped the route, by reason: deleted, unavailable, remounted, manual.
+    pub by_reason: [AtomicU64; 4],
+    /// Operations in the old volume when a switch closed it.
+    pub drained: AtomicU64,
+    /// Open handles with no file on the new volume.
+    pub stale_handles: AtomicU64,
+    /// Files changed on the old volume through handles open at a switch.
+    pub writes_left: AtomicU64,
+    /// Drain durations of the switches that swapped, in seconds.
+    pub drain: Histogram,
+    /// Gate closed to new route published, in seconds.
+    pub swap: Histogram,
+}
+
+impl Default for SwitchTotals {
+    fn default() -> Self {
+        SwitchTotals {
+            by_reason: Default::default(),
+            drained: AtomicU64::new(0),
+            stale_handles: AtomicU64::new(0),
+            writes_left: AtomicU64::new(0),
+            drain: Histogram::new([0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0]),
+            swap: Histogram::new([0.0001, 0.001, 0.01, 0.1, 1.0, 10.0]),
+        }
+    }
+}
+
+/// The reasons of [`SwitchTotals::by_reason`], in order.
+pub const SWITCH_REASONS: [&str; 4] = ["deleted", "unavailable", "remounted", "manual"];
+
+impl Trigger {
+    /// Which of [`SWITCH_REASONS`] this is.
+    pub fn reason_index(&self) -> usize {
+        match self {
+            Trigger::Deleted { .. } => 0,
+            Trigger::Unavailable { .. } => 1,
+            Trigger::Remounted { .. } => 2,
+            Trigger::Manual { .. } => 3,
+        }
+    }
 }
 
 /// Files with writes left on the old volume named in an audit entry (the rest are counted).
@@ -196,6 +246,7 @@ pub struct Controller {
     settings: FailoverSettings,
     cache: Option<Arc<dyn KernelCache>>,
     audit: Arc<Mutex<Vec<AuditEntry>>>,
+    totals: Arc<SwitchTotals>,
 }
 
 /// A duration in milliseconds for a log line, to the microsecond (`0.014`, never
@@ -236,6 +287,7 @@ impl Controller {
             settings,
             cache,
             audit: Arc::new(Mutex::new(Vec::new())),
+            totals: Arc::new(SwitchTotals::default()),
         }
     }
 
@@ -288,6 +340,11 @@ impl Controller {
             tracing::info!(volume = %v.name, backend = %v.backend.describe(), "standby volume root remounted: re-opened");
             self.set_volume(index, Some(v));
         }
+    }
+
+    /// Totals over every switch since start (for the status API and the metrics).
+    pub fn totals(&self) -> Arc<SwitchTotals> {
+        self.totals.clone()
     }
 
     /// The audit log, shared (for the status API).
@@ -344,6 +401,7 @@ impl Controller {
                 invalidate: Duration::ZERO,
                 completed_at: now,
                 outcome: Outcome::Refused,
+                reason_index: trigger.reason_index(),
             });
             return Outcome::Refused;
         }
@@ -388,6 +446,7 @@ impl Controller {
             invalidate: Duration::ZERO,
             completed_at: started_at,
             outcome: Outcome::Interrupted,
+            reason_index: trigger.reason_index(),
         };
         if drained.is_none() {
             self.record(entry);
@@ -551,6 +610,17 @@ impl Controller {
 
     fn record(&self, mut e: AuditEntry) {
         e.completed_at = SystemTime::now();
+        let t = &self.totals;
+        if let Outcome::Swapped { .. } = e.outcome {
+            t.by_reason[e.reason_index].fetch_add(1, Ordering::Relaxed);
+            t.drain.observe(e.drain.as_secs_f64());
+            t.swap.observe(e.swap.as_secs_f64());
+        }
+        t.drained.fetch_add(e.in_flight, Ordering::Relaxed);
+        t.stale_handles
+            .fetch_add(e.stale_handles, Ordering::Relaxed);
+        t.writes_left
+            .fetch_add(e.writes_left_total, Ordering::Relaxed);
         let ms = millis;
         match e.outcome {
             Outcome::Swapped { generation, .. } => tracing::warn!(

@@ -23,6 +23,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod app;
 pub mod backend;
 pub mod check;
@@ -33,6 +34,7 @@ pub mod failover;
 pub mod fuse;
 pub mod handles;
 pub mod inode;
+pub mod metrics;
 pub mod monitor;
 pub mod probe;
 pub mod routing;

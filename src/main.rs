@@ -27,6 +27,48 @@ enum Command {
     /// Validate the configuration, open each volume once, print a table, and exit 0 only when
     /// the primary is usable (1 when it is not, 2 on a configuration error).
     Check(CommonArgs),
+    /// Show a running mount's state: the volume serving, every volume's health, counters and
+    /// recent switches (from its admin server). Exit 1 when the mount cannot be reached.
+    Status(StatusArgs),
+    /// Switch a running mount to another volume by hand (maintenance, failback), through the
+    /// same drain and swap as an automatic switch. Exit 0 when it switched, 1 otherwise.
+    Switch(SwitchArgs),
+}
+
+#[derive(Args, Debug)]
+struct AdminArgs {
+    /// The mount's configuration file: its [admin] section says where the admin server is.
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        required_unless_present = "socket"
+    )]
+    config: Option<PathBuf>,
+    /// The admin server's Unix socket or TCP address, instead of the configuration's.
+    #[arg(long, value_name = "PATH|ADDR")]
+    socket: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Print the JSON document as the server sends it.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct SwitchArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// The volume to serve (its name in the volume table).
+    #[arg(long, value_name = "NAME")]
+    to: String,
+    /// Switch even when the target's probes do not say healthy.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -107,6 +149,117 @@ fn load(common: &CommonArgs, mount: Option<&MountArgs>) -> Result<Settings, Exit
     })
 }
 
+/// The admin server's address and token, from the flags or the configuration.
+fn admin_target(a: &AdminArgs) -> Result<(config::AdminAddress, Option<String>), Exit> {
+    let settings = match &a.config {
+        Some(file) => Some(Settings::load(file, &Overrides::default()).map_err(|e| {
+            eprintln!("failoverfs: {e}");
+            Exit::Usage
+        })?),
+        None => None,
+    };
+    let token = match settings.as_ref().and_then(|s| s.admin.token_file.clone()) {
+        Some(f) => match std::fs::read_to_string(&f) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => {
+                eprintln!(
+                    "failoverfs: admin.token_file: cannot read {}: {e}",
+                    f.display()
+                );
+                return Err(Exit::Usage);
+            }
+        },
+        None => None,
+    };
+    let address = match (&a.socket, &settings) {
+        (Some(s), _) => config::AdminSettings {
+            listen: Some(s.clone()),
+            token_file: None,
+        }
+        .address(std::path::Path::new("/")),
+        (None, Some(s)) => s.admin.address(s.mount_path()),
+        (None, None) => return Err(Exit::Usage),
+    };
+    Ok((address, token))
+}
+
+fn ask(a: &AdminArgs, method: &str, path: &str) -> Result<(u16, String), Exit> {
+    let (address, token) = admin_target(a)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("failoverfs: {e}");
+            Exit::Failure
+        })?;
+    rt.block_on(failoverfs::admin::request(
+        &address,
+        method,
+        path,
+        token.as_deref(),
+    ))
+    .map_err(|e| {
+        eprintln!("failoverfs: {e}");
+        Exit::Failure
+    })
+}
+
+fn status(args: &StatusArgs) -> Exit {
+    let (code, body) = match ask(&args.admin, "GET", "/status") {
+        Ok(r) => r,
+        Err(exit) => return exit,
+    };
+    if code != 200 {
+        eprintln!(
+            "failoverfs: the admin server answered {code}: {}",
+            body.trim()
+        );
+        return Exit::Failure;
+    }
+    if args.json {
+        print!("{body}");
+        return Exit::Clean;
+    }
+    match serde_json::from_str::<serde_json::Value>(&body) {
+        Ok(v) => {
+            print!("{}", failoverfs::admin::status_table(&v));
+            Exit::Clean
+        }
+        Err(e) => {
+            eprintln!("failoverfs: unreadable status: {e}");
+            Exit::Failure
+        }
+    }
+}
+
+fn switch(args: &SwitchArgs) -> Exit {
+    let to: String = url::form_urlencoded::byte_serialize(args.to.as_bytes()).collect();
+    let path = format!(
+        "/switch?to={to}{}",
+        if args.force { "&force=true" } else { "" }
+    );
+    match ask(&args.admin, "POST", &path) {
+        Ok((200, body)) => {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            println!(
+                "switched: now serving {} (generation {})",
+                v["active"].as_str().unwrap_or("?"),
+                v["generation"]
+            );
+            Exit::Clean
+        }
+        Ok((code, body)) => {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            eprintln!(
+                "failoverfs: not switched ({code}): {}",
+                v["message"].as_str().unwrap_or(body.trim())
+            );
+            Exit::Failure
+        }
+        Err(exit) => exit,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let exit = match &cli.command {
@@ -123,6 +276,8 @@ fn main() -> ExitCode {
             }
             Err(exit) => exit,
         },
+        Command::Status(args) => status(args),
+        Command::Switch(args) => switch(args),
         Command::Check(common) => match load(common, None) {
             Ok(settings) => {
                 init_logging(&settings.log);

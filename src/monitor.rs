@@ -335,6 +335,10 @@ pub struct VolumeState {
     pub last_at: Option<Instant>,
     /// Probe rounds so far.
     pub rounds: u64,
+    /// Of those, rounds whose answer was not healthy.
+    pub failures: u64,
+    /// How long the last round took.
+    pub last_latency: Option<Duration>,
     /// When `health` last changed kind.
     pub since: Instant,
 }
@@ -431,6 +435,8 @@ impl Monitor {
                 last: None,
                 last_at: None,
                 rounds: 0,
+                failures: 0,
+                last_latency: None,
                 since: Instant::now(),
             });
             tasks.push(runtime.spawn(watch_volume(
@@ -530,8 +536,10 @@ async fn watch_volume(
                 }
                 s.health = tracker.health().clone();
             }
+            s.failures += u64::from(!matches!(verdict, Verdict::Healthy { .. }));
             s.last = Some(verdict);
             s.last_at = Some(now);
+            s.last_latency = Some(now - began);
             s.rounds += 1;
         });
         let now_active = is_active(&active);
