@@ -28,6 +28,7 @@ use crate::config::{
     BackendSettings, FailoverSettings, HoldWrites, LeaveMount, ReopenVerify, Settings,
     UnavailableAction,
 };
+use crate::events::Events;
 use crate::exit::Exit;
 use crate::failover::{
     AuditEntry, Controller, KernelCache, Opener, Outcome, SwitchTotals, Trigger,
@@ -134,6 +135,7 @@ pub struct App {
     admin_stop: CancellationToken,
     /// The admin server's Unix socket, removed on the way out.
     admin_socket: Option<PathBuf>,
+    events: Events,
 }
 
 impl App {
@@ -366,9 +368,12 @@ impl App {
             ),
         }
         let cache: Arc<dyn KernelCache> = Arc::new(NotifierCache::new(mounted.notifier()));
+        let events = Events::start(runtime.handle(), &settings.events, &settings.fleet());
+        watch_volume_states(runtime.handle(), &monitor, &events);
         let controller =
             Controller::new(router.clone(), vfs.clone(), volumes, failover, Some(cache))
-                .with_reopening(opener, watches);
+                .with_reopening(opener, watches)
+                .with_events(events.clone());
         let audit = controller.audit();
         let totals = controller.totals();
         let (commands, command_rx) = mpsc::unbounded_channel();
@@ -402,6 +407,7 @@ impl App {
             mount_path,
             admin_stop,
             admin_socket: None,
+            events,
         };
         app.start_admin(settings, admin_address)?;
         Ok(app)
@@ -541,13 +547,19 @@ impl App {
         let (Some(done), Some(rt)) = (self.done.take(), self.runtime.as_ref()) else {
             return Exit::Clean;
         };
-        match rt.block_on(done) {
+        let exit = match rt.block_on(done) {
             Ok(exit) => exit,
             Err(e) => {
                 tracing::error!(error = %e, "the supervisor failed");
                 Exit::Failure
             }
-        }
+        };
+        self.events.emit(
+            "exiting",
+            serde_json::json!({ "code": exit as u8, "mount": self.mount_path.display().to_string() }),
+        );
+        rt.block_on(self.events.flush(EVENTS_FLUSH));
+        exit
     }
 }
 
@@ -566,6 +578,35 @@ impl Drop for App {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(2));
         }
+    }
+}
+
+/// How long the way out waits for the event hooks to hear `exiting`.
+const EVENTS_FLUSH: Duration = Duration::from_secs(5);
+
+/// Emit `volume_state_changed` whenever a volume's confirmed state changes kind.
+fn watch_volume_states(rt: &tokio::runtime::Handle, monitor: &Monitor, events: &Events) {
+    for i in 0.. {
+        let Some(mut rx) = monitor.subscribe(i) else {
+            break;
+        };
+        let events = events.clone();
+        rt.spawn(async move {
+            let mut last = rx.borrow_and_update().health.name();
+            while rx.changed().await.is_ok() {
+                let (name, to, detail) = {
+                    let s = rx.borrow_and_update();
+                    (s.name.clone(), s.health.name(), s.health.to_string())
+                };
+                if to != last {
+                    events.emit(
+                        "volume_state_changed",
+                        serde_json::json!({ "volume": name, "from": last, "to": to, "detail": detail }),
+                    );
+                    last = to;
+                }
+            }
+        });
     }
 }
 

@@ -47,6 +47,32 @@ pub struct Settings {
     /// The admin HTTP server (status, metrics, manual switch).
     #[serde(default)]
     pub admin: AdminSettings,
+    /// Event hooks.
+    #[serde(default)]
+    pub events: EventSettings,
+}
+
+/// `[events]`: hooks told about state changes and switches (see [`crate::events`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventSettings {
+    /// A command and its arguments, run with each event as JSON on stdin.
+    pub exec: Vec<String>,
+    /// A URL each event is POSTed to as JSON.
+    pub webhook: Option<String>,
+    /// How long one hook may take for one event.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        EventSettings {
+            exec: Vec::new(),
+            webhook: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// `[admin]`
@@ -1023,6 +1049,22 @@ impl Settings {
                      127.0.0.1:9477, nor \"off\""
                 ),
             ));
+        }
+        let t = self.events.timeout;
+        if t < Duration::from_millis(100) || t > Duration::from_secs(300) {
+            return Err(err("events.timeout", "must be between 100ms and 5m".into()));
+        }
+        if let Some(u) = &self.events.webhook {
+            match url::Url::parse(u) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                // The value itself is not repeated: it may carry credentials.
+                _ => {
+                    return Err(err(
+                        "events.webhook",
+                        "must be an http:// or https:// URL".into(),
+                    ));
+                }
+            }
         }
         let after = self.failover.on_unavailable.after;
         if after < Duration::from_secs(1) || after > Duration::from_secs(86_400) {

@@ -32,6 +32,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::metrics::histogram::Histogram;
+
+use crate::events::Events;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
@@ -247,6 +249,7 @@ pub struct Controller {
     cache: Option<Arc<dyn KernelCache>>,
     audit: Arc<Mutex<Vec<AuditEntry>>>,
     totals: Arc<SwitchTotals>,
+    events: Events,
 }
 
 /// A duration in milliseconds for a log line, to the microsecond (`0.014`, never
@@ -288,7 +291,14 @@ impl Controller {
             cache,
             audit: Arc::new(Mutex::new(Vec::new())),
             totals: Arc::new(SwitchTotals::default()),
+            events: Events::none(),
         }
+    }
+
+    /// Tell `events` when a switch starts and how it ended (see [`crate::events`]).
+    pub fn with_events(mut self, events: Events) -> Controller {
+        self.events = events;
+        self
     }
 
     /// Re-open volumes through `opener` (a remounted root, a switch back to a volume that was
@@ -417,6 +427,15 @@ impl Controller {
             evidence = %trigger.evidence(),
             in_flight,
             "switching volumes: draining"
+        );
+        self.events.emit(
+            "failover_started",
+            serde_json::json!({
+                "from": old.volume().name,
+                "reason": trigger.reason(),
+                "evidence": trigger.evidence(),
+                "in_flight": in_flight,
+            }),
         );
         let drained = tokio::select! {
             d = old.gate().wait_drained(drain_budget(self.settings.drain_timeout)) => Some(d),
@@ -660,6 +679,21 @@ impl Controller {
             ),
             Outcome::Refused => tracing::warn!(reason = %e.reason, "manual switch refused"),
         }
+        self.events.emit(
+            "failover_completed",
+            serde_json::json!({
+                "from": e.from,
+                "to": e.to,
+                "generation": e.generation,
+                "outcome": crate::admin::outcome_name(&e.outcome),
+                "reason": e.reason,
+                "evidence": e.evidence,
+                "drain_ms": millis(e.drain),
+                "swap_ms": millis(e.swap),
+                "writes_left": e.writes_left,
+                "writes_left_total": e.writes_left_total,
+            }),
+        );
         let mut audit = self.audit.lock();
         if audit.len() >= AUDIT_KEPT {
             audit.remove(0);

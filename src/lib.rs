@@ -29,6 +29,7 @@ pub mod backend;
 pub mod check;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod exit;
 pub mod failover;
 pub mod fuse;
