@@ -30,6 +30,9 @@ pub struct Events {
     tx: Option<mpsc::Sender<Value>>,
     fleet: Arc<str>,
     dropped: Arc<AtomicU64>,
+    /// Events queued, and events the hooks are done with.
+    queued: Arc<AtomicU64>,
+    handled: Arc<AtomicU64>,
 }
 
 impl Events {
@@ -39,6 +42,8 @@ impl Events {
             tx: None,
             fleet: Arc::from(""),
             dropped: Arc::new(AtomicU64::new(0)),
+            queued: Arc::new(AtomicU64::new(0)),
+            handled: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -52,11 +57,14 @@ impl Events {
             return Events::none();
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        runtime.spawn(run_hooks(rx, settings.clone()));
+        let handled = Arc::new(AtomicU64::new(0));
+        runtime.spawn(run_hooks(rx, settings.clone(), handled.clone()));
         Events {
             tx: Some(tx),
             fleet: Arc::from(fleet),
             dropped: Arc::new(AtomicU64::new(0)),
+            queued: Arc::new(AtomicU64::new(0)),
+            handled,
         }
     }
 
@@ -76,33 +84,42 @@ impl Events {
         if let (Some(e), Value::Object(f)) = (e.as_object_mut(), fields) {
             e.extend(f);
         }
-        if tx.try_send(e).is_err() {
+        if tx.try_send(e).is_ok() {
+            self.queued.fetch_add(1, Ordering::SeqCst);
+        } else {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(event, dropped = n, "event hooks are behind; event dropped");
         }
     }
 
-    /// Wait (at most `limit`) until the hooks have handled every event emitted so far: for the
+    /// Wait (at most `limit`) until the hooks are done with every event emitted so far: for the
     /// way out, so that `exiting` reaches them before the process ends.
     pub async fn flush(&self, limit: Duration) {
-        let Some(tx) = &self.tx else {
+        if self.tx.is_none() {
             return;
-        };
+        }
         let deadline = tokio::time::Instant::now() + limit;
-        while tx.capacity() < tx.max_capacity() && tokio::time::Instant::now() < deadline {
+        while self.handled.load(Ordering::SeqCst) < self.queued.load(Ordering::SeqCst)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // The last event may still be running its hooks once taken from the queue.
-        let _ = tokio::time::timeout_at(deadline, tx.reserve()).await;
     }
 }
 
-async fn run_hooks(mut rx: mpsc::Receiver<Value>, settings: EventSettings) {
-    let client = reqwest::Client::builder()
-        .timeout(settings.timeout)
-        .no_proxy()
-        .build()
-        .ok();
+async fn run_hooks(
+    mut rx: mpsc::Receiver<Value>,
+    settings: EventSettings,
+    handled: Arc<AtomicU64>,
+) {
+    // The probes' client (no proxy, the process's TLS provider); each request bounded below.
+    let client = match crate::probe::http_client() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "event webhook disabled");
+            None
+        }
+    };
     while let Some(event) = rx.recv().await {
         let body = event.to_string();
         let name = event["event"].as_str().unwrap_or("?").to_string();
@@ -122,6 +139,7 @@ async fn run_hooks(mut rx: mpsc::Receiver<Value>, settings: EventSettings) {
             let post = || async {
                 client
                     .post(url.as_str())
+                    .timeout(settings.timeout)
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(body.clone())
                     .send()
@@ -142,6 +160,7 @@ async fn run_hooks(mut rx: mpsc::Receiver<Value>, settings: EventSettings) {
                 tracing::warn!(event = %name, error = %e, "event webhook failed");
             }
         }
+        handled.fetch_add(1, Ordering::SeqCst);
     }
 }
 

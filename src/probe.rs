@@ -185,6 +185,11 @@ impl fmt::Display for Verdict {
 /// How far a probe's answers are trusted relative to other probes of the same volume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Authority {
+    /// The implicit check of a `dir` volume's served root, added when its configured probes do
+    /// not look at the directory: it re-opens a remounted root and says "healthy" only when no
+    /// configured probe answers with authority, so it never hides what they say (an S3 bucket
+    /// deleted under an s3fs mount whose directory still answers).
+    Root,
     /// An object-store endpoint (S3 HEAD bucket): may be stale or blacklisted.
     ObjectStore,
     /// The volume's own filesystem, or an operator-chosen HTTP endpoint.
@@ -437,6 +442,25 @@ mod tests {
             (Authority::ObjectStore, deleted(Strength::Weak)),
         ]);
         assert_eq!(v, deleted(Strength::Weak));
+    }
+
+    #[test]
+    fn the_served_root_never_hides_what_a_configured_probe_says() {
+        // An s3fs-style mount: the directory answers, the bucket is gone.
+        let v = combine(&[
+            (Authority::Root, Verdict::healthy()),
+            (Authority::ObjectStore, deleted(Strength::Weak)),
+        ]);
+        assert!(matches!(v, Verdict::Deleted(_)), "{v}");
+        // With nothing else answering, the root's answer stands.
+        let v = combine(&[
+            (Authority::Root, Verdict::healthy()),
+            (
+                Authority::ObjectStore,
+                Verdict::transient(TransientKind::Timeout, "t"),
+            ),
+        ]);
+        assert_eq!(v, Verdict::healthy());
     }
 
     #[test]

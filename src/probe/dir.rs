@@ -224,7 +224,11 @@ impl Probe for DirProbe {
     }
 
     fn authority(&self) -> Authority {
-        Authority::Service
+        if self.root_only {
+            Authority::Root
+        } else {
+            Authority::Service
+        }
     }
 
     fn check(&self) -> BoxFuture<'_, Verdict> {

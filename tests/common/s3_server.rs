@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
 /// Access key the server accepts.
-pub const ACCESS_KEY: &str = "failoverfs-test";
+pub const ACCESS_KEY: &str = "AKIAFOFSTESTKEY00001";
 /// Secret key the server accepts.
-pub const SECRET_KEY: &str = "failoverfs-test-secret";
+pub const SECRET_KEY: &str = "fofsSecretKeyForTests+0001";
 
 /// A running server; killed when dropped.
 pub struct S3Server {
