@@ -180,23 +180,51 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
-/// Log a failure at its level and turn it into the errno for the reply.
+/// Log a failure at its level and turn it into the errno for the reply. A failure worth a
+/// warning is logged once per (volume, operation, errno) per [`WarnLimit::WINDOW_SECS`], with
+/// the count of the same failures left out since, and at most [`WarnLimit::BURST`] such lines
+/// per window overall; everything else goes to DEBUG.
 #[inline]
 fn errno(op: &'static str, ino: u64, e: Error) -> Errno {
     match e.level() {
         Level::Quiet => tracing::trace!(op, ino, error = %e, "operation failed"),
         Level::Debug => tracing::debug!(op, ino, error = %e, "operation failed"),
-        Level::Warn => match WARNINGS.admit() {
-            Some(0) => tracing::warn!(op, ino, error = %e, "operation failed"),
-            Some(suppressed) => tracing::warn!(
-                op, ino, error = %e, suppressed,
-                "operation failed (and {suppressed} more not logged)"
-            ),
-            None => tracing::debug!(op, ino, error = %e, "operation failed"),
-        },
+        Level::Warn => warn_failure(op, ino, e),
     }
     Errno::from_i32(e.errno())
 }
+
+#[cold]
+fn warn_failure(op: &'static str, ino: u64, e: Error) {
+    let window = WarnLimit::window_now();
+    let repeats = {
+        let mut seen = REPEATS.lock();
+        let seen = seen.get_or_insert_with(std::collections::HashMap::new);
+        let entry = seen.entry((op, e.errno())).or_insert((u64::MAX, 0));
+        if entry.0 == window {
+            entry.1 += 1;
+            None
+        } else {
+            let left_out = entry.1;
+            *entry = (window, 0);
+            Some(left_out)
+        }
+    };
+    match repeats.and_then(|r| WARNINGS.admit().map(|_| r)) {
+        Some(0) => tracing::warn!(op, ino, error = %e, "operation failed"),
+        Some(repeats) => tracing::warn!(
+            op, ino, error = %e, repeats,
+            "operation failed ({repeats} more of these since the last line)"
+        ),
+        None => tracing::debug!(op, ino, error = %e, "operation failed"),
+    }
+}
+
+/// Per (operation, errno): the window of its last WARN line and the repeats left out since.
+/// Bounded by the operations times the errnos a volume can answer. (The volume is the one
+/// serving; a switch changes it, and the next failure opens a new window anyway.)
+type Repeats = std::collections::HashMap<(&'static str, i32), (u64, u64)>;
+static REPEATS: parking_lot::Mutex<Option<Repeats>> = parking_lot::Mutex::new(None);
 
 /// Failed operations logged at WARN: at most [`WarnLimit::BURST`] per
 /// [`WarnLimit::WINDOW_SECS`]; the others go to DEBUG and are counted in the next WARN line. A
@@ -217,14 +245,19 @@ impl WarnLimit {
     const BURST: u64 = 10;
     const WINDOW_SECS: u64 = 10;
 
-    /// `Some(suppressed so far)` when this warning may be logged, `None` when it is one too many.
-    fn admit(&self) -> Option<u64> {
+    /// The current window's number.
+    fn window_now() -> u64 {
         static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        let now = START
+        START
             .get_or_init(std::time::Instant::now)
             .elapsed()
             .as_secs()
-            / Self::WINDOW_SECS;
+            / Self::WINDOW_SECS
+    }
+
+    /// `Some(suppressed so far)` when this warning may be logged, `None` when it is one too many.
+    fn admit(&self) -> Option<u64> {
+        let now = Self::window_now();
         if self.window.swap(now, Ordering::Relaxed) != now {
             self.used.store(0, Ordering::Relaxed);
         }
@@ -918,6 +951,22 @@ impl Filesystem for FuseFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_failure_is_logged_once_per_window_and_counted() {
+        let e = Error::from_errno(libc::EIO);
+        for _ in 0..5 {
+            warn_failure("test-only-op", 1, e);
+        }
+        let seen = REPEATS.lock();
+        let (window, repeats) = seen.as_ref().unwrap()[&("test-only-op", libc::EIO)];
+        // (Unless the window turned meanwhile, in which case the count restarted.)
+        assert!(window == WarnLimit::window_now() || window + 1 == WarnLimit::window_now());
+        assert!(repeats <= 4);
+        if window == WarnLimit::window_now() {
+            assert!(repeats >= 1);
+        }
+    }
 
     #[test]
     fn warnings_are_limited_and_the_rest_counted() {
