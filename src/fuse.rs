@@ -117,8 +117,14 @@ impl FuseFs {
             reply,
             |_| run(),
             |reply, r| match r {
-                Ok(v) => ok(reply, v),
-                Err(e) => reply.fail(errno(op, ino, e)),
+                Ok(v) => {
+                    ok(reply, v);
+                    true
+                }
+                Err(e) => {
+                    reply.fail(errno(op, ino, e));
+                    false
+                }
             },
         );
     }
@@ -542,8 +548,14 @@ impl Filesystem for FuseFs {
                 // The buffer goes in and comes back out with the result, for the answer to send.
                 move |_| (self.vfs.read(fh.0, offset, &mut *buf), buf),
                 |reply: ReplyData, (r, buf)| match r {
-                    Ok(n) => reply.data(&buf[..n]),
-                    Err(e) => reply.error(errno("read", ino.0, e)),
+                    Ok(n) => {
+                        reply.data(&buf[..n]);
+                        true
+                    }
+                    Err(e) => {
+                        reply.error(errno("read", ino.0, e));
+                        false
+                    }
                 },
             );
         });
@@ -609,7 +621,10 @@ impl Filesystem for FuseFs {
             _ino.0,
             reply,
             |_| self.vfs.release(fh.0),
-            |reply: ReplyEmpty, ()| reply.ok(),
+            |reply: ReplyEmpty, ()| {
+                reply.ok();
+                true
+            },
         );
     }
 
@@ -671,8 +686,14 @@ impl Filesystem for FuseFs {
                     })
             },
             |reply: ReplyDirectory, r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("readdir", ino.0, e)),
+                Ok(()) => {
+                    reply.ok();
+                    true
+                }
+                Err(e) => {
+                    reply.error(errno("readdir", ino.0, e));
+                    false
+                }
             },
         );
     }
@@ -714,8 +735,14 @@ impl Filesystem for FuseFs {
                     })
             },
             |reply: ReplyDirectoryPlus, r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("readdirplus", ino.0, e)),
+                Ok(()) => {
+                    reply.ok();
+                    true
+                }
+                Err(e) => {
+                    reply.error(errno("readdirplus", ino.0, e));
+                    false
+                }
             },
         );
     }

@@ -5,7 +5,10 @@
 //! Every series carries `fleet` (`mount.fleet_name`, or the first volume's name), so that
 //! Prometheus can tell, across the nodes that mount one logical volume, which volume each serves.
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -13,6 +16,8 @@ use prometheus_client::registry::Registry;
 
 use crate::admin::AdminState;
 use crate::failover::SWITCH_REASONS;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// 1 for each volume's current confirmed state (`state` label).
 pub const VOLUME_HEALTH: &str = "failoverfs_volume_health";
@@ -50,6 +55,79 @@ pub const ALARMS: &str = "failoverfs_data_path_alarms";
 pub const STALE_HANDLES: &str = "failoverfs_stale_handles";
 /// Files changed on the old volume through handles open at a switch.
 pub const WRITES_LEFT: &str = "failoverfs_writes_left";
+/// Probe round durations, by volume.
+pub const PROBE_SECONDS: &str = "failoverfs_probe_duration_seconds";
+/// FUSE operations and their latency, by operation and result (`ok`, `error`, `timeout`).
+pub const FUSE_OPERATIONS: &str = "failoverfs_fuse_operation_duration_seconds";
+
+/// Upper bounds of the latency buckets, in seconds (one more bucket holds everything above).
+pub const LATENCY_BOUNDS: [f64; 7] = [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 60.0];
+
+/// A latency histogram kept in plain atomics, for one writer at a time (a worker, a probe task),
+/// read at scrape time.
+#[derive(Default, Debug)]
+pub struct Latencies {
+    count: AtomicU64,
+    nanos: AtomicU64,
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+}
+
+impl Latencies {
+    /// Count one duration.
+    #[inline]
+    pub fn record(&self, took: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        let b = LATENCY_BOUNDS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.buckets[b].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Add this histogram to `count`, `seconds` and `buckets`.
+    pub fn add_to(
+        &self,
+        count: &mut u64,
+        seconds: &mut f64,
+        buckets: &mut [u64; LATENCY_BOUNDS.len() + 1],
+    ) {
+        *count += self.count.load(Ordering::Relaxed);
+        *seconds += self.nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        for (b, n) in buckets.iter_mut().zip(&self.buckets) {
+            *b += n.load(Ordering::Relaxed);
+        }
+    }
+}
+
+/// Histogram families encoded from [`Latencies`] sums: (labels, count, seconds, buckets).
+#[derive(Debug)]
+struct Histograms {
+    name: &'static str,
+    help: &'static str,
+    series: Vec<(Labels, u64, f64, [u64; LATENCY_BOUNDS.len() + 1])>,
+}
+
+impl Collector for Histograms {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family =
+            encoder.encode_descriptor(self.name, self.help, None, MetricType::Histogram)?;
+        for (labels, count, seconds, buckets) in &self.series {
+            let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .zip(buckets.iter().copied())
+                .collect();
+            family
+                .encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(*seconds, *count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
 
 /// Every state `VOLUME_HEALTH` reports.
 const STATES: [&str; 6] = [
@@ -207,6 +285,36 @@ pub fn render(st: &AdminState) -> Result<String, std::fmt::Error> {
         f.get_or_create(&with(&[])).inc_by(v);
         reg.register(name, help, f);
     }
+    reg.register_collector(Box::new(Histograms {
+        name: FUSE_OPERATIONS,
+        help: "FUSE operations answered, and how long they took, by operation and result",
+        series: st
+            .deadlines
+            .op_summaries()
+            .into_iter()
+            .map(|s| {
+                let labels = with(&[("op", s.op), ("result", s.result)]);
+                (labels, s.count, s.seconds, s.buckets)
+            })
+            .collect(),
+    }));
+    reg.register_collector(Box::new(Histograms {
+        name: PROBE_SECONDS,
+        help: "How long probe rounds took, by volume",
+        series: states
+            .iter()
+            .map(|s| {
+                let mut h = (
+                    with(&[("volume", &s.name)]),
+                    0,
+                    0.0,
+                    [0; LATENCY_BOUNDS.len() + 1],
+                );
+                s.latencies.add_to(&mut h.1, &mut h.2, &mut h.3);
+                h
+            })
+            .collect(),
+    }));
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(out)

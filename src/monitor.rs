@@ -339,6 +339,8 @@ pub struct VolumeState {
     pub failures: u64,
     /// How long the last round took.
     pub last_latency: Option<Duration>,
+    /// How long every round took.
+    pub latencies: Arc<crate::metrics::Latencies>,
     /// When `health` last changed kind.
     pub since: Instant,
 }
@@ -437,6 +439,7 @@ impl Monitor {
                 rounds: 0,
                 failures: 0,
                 last_latency: None,
+                latencies: Arc::default(),
                 since: Instant::now(),
             });
             tasks.push(runtime.spawn(watch_volume(
@@ -540,6 +543,7 @@ async fn watch_volume(
             s.last = Some(verdict);
             s.last_at = Some(now);
             s.last_latency = Some(now - began);
+            s.latencies.record(now - began);
             s.rounds += 1;
         });
         let now_active = is_active(&active);

@@ -133,6 +133,23 @@ fn status_and_metrics_after_a_real_failover() {
     ] {
         assert!(has(line), "missing {line} in:\n{}", samples.join("\n"));
     }
+    // FUSE operations by operation and result: reads of `f` were served.
+    let reads = samples
+        .iter()
+        .find_map(|s| {
+            s.strip_prefix(
+                r#"failoverfs_fuse_operation_duration_seconds_count{fleet="data",op="read",result="ok"} "#,
+            )
+        })
+        .unwrap_or_else(|| panic!("no read count in:\n{}", samples.join("\n")));
+    assert!(reads.parse::<f64>().unwrap() >= 1.0, "{reads}");
+    let rounds = samples
+        .iter()
+        .find_map(|s| {
+            s.strip_prefix(r#"failoverfs_probe_duration_seconds_count{fleet="data",volume="v1"} "#)
+        })
+        .unwrap_or_else(|| panic!("no probe durations in:\n{}", samples.join("\n")));
+    assert!(rounds.parse::<f64>().unwrap() >= 1.0, "{rounds}");
     // No secret in any output.
     for body in [&metrics, &get(&address, "/status")] {
         assert!(!body.contains(TOKEN));

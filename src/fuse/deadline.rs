@@ -18,9 +18,10 @@
 //!   once (an application retrying a hung file does not take a second worker). The mount stays
 //!   responsive and can be unmounted; other files keep being served as long as their own calls
 //!   return.
-//! - **The hot path** pays one clock read, two uncontended locks of the worker's own slot, an
+//! - **The hot path** pays two clock reads (start and end), two uncontended locks of the worker's own slot, an
 //!   atomic add and subtract on the count of operations in the volume, and one atomic load (is
-//!   anything overrunning?); nothing is allocated once a worker has its slot.
+//!   anything overrunning?), and three uncontended atomic adds to the worker's own tally of
+//!   operations and latencies (for the metrics); nothing is allocated once a worker has its slot.
 //! - Every overrun raises the alarm (`on_overrun`), so the volume is probed at once.
 
 use std::cell::RefCell;
@@ -34,6 +35,9 @@ use fuser::{
     ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
 };
 use parking_lot::{Condvar, Mutex};
+
+pub use crate::metrics::LATENCY_BOUNDS;
+use crate::metrics::Latencies;
 
 /// A fuser reply type that can be parked.
 pub(crate) trait Park: Sized {
@@ -100,10 +104,90 @@ parked!(
     Lseek(ReplyLseek),
 );
 
+/// The operations counted by [`OpStats`], by name.
+/// The most frequent first: finding an operation's place is a short scan.
+pub const OPS: [&str; 30] = [
+    "getattr",
+    "read",
+    "write",
+    "lookup",
+    "open",
+    "flush",
+    "release",
+    "readdirplus",
+    "readdir",
+    "opendir",
+    "create",
+    "access",
+    "unlink",
+    "getxattr",
+    "setattr",
+    "fsync",
+    "statfs",
+    "mkdir",
+    "rmdir",
+    "rename",
+    "link",
+    "symlink",
+    "readlink",
+    "mknod",
+    "setxattr",
+    "listxattr",
+    "removexattr",
+    "fallocate",
+    "lseek",
+    "copy_file_range",
+];
+
+/// How an operation ended, for [`OpStats`].
+pub const RESULTS: [&str; 3] = ["ok", "error", "timeout"];
+
+/// The position of `op` in [`OPS`] (the last one for anything else).
+fn op_index(op: &str) -> usize {
+    OPS.iter().position(|o| *o == op).unwrap_or(OPS.len() - 1)
+}
+
+/// Per-worker operation statistics: written only by the worker (no contention), summed at
+/// scrape time.
+pub(crate) struct OpStats {
+    tallies: Box<[Latencies]>,
+}
+
+impl OpStats {
+    fn new() -> OpStats {
+        OpStats {
+            tallies: (0..OPS.len() * RESULTS.len())
+                .map(|_| Latencies::default())
+                .collect(),
+        }
+    }
+
+    #[inline]
+    fn record(&self, op: usize, result: usize, took: Duration) {
+        self.tallies[op * RESULTS.len() + result].record(took);
+    }
+}
+
+/// One (operation, result) summed over the workers.
+#[derive(Debug, Clone)]
+pub struct OpSummary {
+    /// Operation name.
+    pub op: &'static str,
+    /// `ok`, `error` or `timeout`.
+    pub result: &'static str,
+    /// How many.
+    pub count: u64,
+    /// Their total latency, in seconds.
+    pub seconds: f64,
+    /// Per bucket of [`LATENCY_BOUNDS`] (plus one for everything above), not cumulative.
+    pub buckets: [u64; LATENCY_BOUNDS.len() + 1],
+}
+
 /// One worker's operation in progress.
 pub(crate) struct Slot {
     /// What runs, and its reply while nobody answered it yet.
     parked: Mutex<Running>,
+    stats: OpStats,
 }
 
 #[derive(Default)]
@@ -202,6 +286,34 @@ impl Deadlines {
         self.timeouts.load(Ordering::Relaxed)
     }
 
+    /// Operations by name and result, with their latencies, summed over the workers.
+    pub fn op_summaries(&self) -> Vec<OpSummary> {
+        let slots: Vec<Arc<Slot>> = self.slots.lock().clone();
+        let mut out = Vec::new();
+        for (o, op) in OPS.iter().enumerate() {
+            for (r, result) in RESULTS.iter().enumerate() {
+                let mut s = OpSummary {
+                    op,
+                    result,
+                    count: 0,
+                    seconds: 0.0,
+                    buckets: [0; LATENCY_BOUNDS.len() + 1],
+                };
+                for slot in &slots {
+                    slot.stats.tallies[o * RESULTS.len() + r].add_to(
+                        &mut s.count,
+                        &mut s.seconds,
+                        &mut s.buckets,
+                    );
+                }
+                if s.count > 0 {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+
     /// Operations refused at once because of overrunning ones (a counter).
     pub fn refused_total(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
@@ -222,9 +334,11 @@ impl Deadlines {
         key: u64,
         reply: R,
         run: impl FnOnce(&Watch) -> T,
-        answer: impl FnOnce(R, T),
+        answer: impl FnOnce(R, T) -> bool,
     ) {
-        let began = self.now_ms() + 1;
+        let t0 = Instant::now();
+        let began =
+            u64::try_from(t0.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX) + 1;
         if self.overrunning.load(Ordering::Relaxed) != 0 && self.hangs(key) {
             return self.refuse(op, key, reply);
         }
@@ -238,6 +352,7 @@ impl Deadlines {
                 _ => {
                     let slot = Arc::new(Slot {
                         parked: Mutex::new(Running::default()),
+                        stats: OpStats::new(),
                     });
                     self.slots.lock().push(slot.clone());
                     *mine = Some((owner, slot.clone()));
@@ -263,10 +378,14 @@ impl Deadlines {
                 r.reply.take()
             };
             self.leave();
-            match parked.and_then(R::unpark) {
-                Some(reply) => answer(reply, result),
-                None => tracing::debug!(op, key, "result after the deadline dropped"),
-            }
+            let outcome = match parked.and_then(R::unpark) {
+                Some(reply) => usize::from(!answer(reply, result)),
+                None => {
+                    tracing::debug!(op, key, "result after the deadline dropped");
+                    2
+                }
+            };
+            slot.stats.record(op_index(op), outcome, t0.elapsed());
         });
     }
 
