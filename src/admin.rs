@@ -241,7 +241,7 @@ pub struct Status {
     pub mount: String,
     /// Fleet label.
     pub fleet: String,
-    /// serving, holding-changes or switching.
+    /// serving, holding-changes, switching (draining the old volume) or exiting (fenced).
     pub state: &'static str,
     /// Route generation.
     pub generation: u64,
@@ -415,7 +415,10 @@ impl AdminState {
         Status {
             mount: self.mount.display().to_string(),
             fleet: self.fleet.clone(),
-            state: if route.gate().is_closed() {
+            state: if route.fenced_errno().is_some() {
+                // Fenced: stopping, or no volume left to serve.
+                "exiting"
+            } else if route.gate().is_closed() {
                 "switching"
             } else if route.is_held() {
                 "holding-changes"
