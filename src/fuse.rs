@@ -122,7 +122,7 @@ impl FuseFs {
                     true
                 }
                 Err(e) => {
-                    reply.fail(errno(op, ino, e));
+                    reply.fail(self.errno(op, ino, e));
                     false
                 }
             },
@@ -186,22 +186,28 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
-/// Log a failure at its level and turn it into the errno for the reply. A failure worth a
-/// warning is logged once per (volume, operation, errno) per [`WarnLimit::WINDOW_SECS`], with
-/// the count of the same failures left out since, and at most [`WarnLimit::BURST`] such lines
-/// per window overall; everything else goes to DEBUG.
-#[inline]
-fn errno(op: &'static str, ino: u64, e: Error) -> Errno {
-    match e.level() {
-        Level::Quiet => tracing::trace!(op, ino, error = %e, "operation failed"),
-        Level::Debug => tracing::debug!(op, ino, error = %e, "operation failed"),
-        Level::Warn => warn_failure(op, ino, e),
+impl FuseFs {
+    /// Log a failure at its level and turn it into the errno for the reply. A failure worth a
+    /// warning is logged once per (operation, errno) per [`WarnLimit::WINDOW_SECS`], with the
+    /// count of the same failures left out since, and at most [`WarnLimit::BURST`] such lines per
+    /// window overall, naming the volume serving and the route generation; everything else goes
+    /// to DEBUG.
+    #[inline]
+    fn errno(&self, op: &'static str, ino: u64, e: Error) -> Errno {
+        match e.level() {
+            Level::Quiet => tracing::trace!(op, ino, error = %e, "operation failed"),
+            Level::Debug => tracing::debug!(op, ino, error = %e, "operation failed"),
+            Level::Warn => {
+                let route = self.vfs.router().current();
+                warn_failure(op, ino, e, &route.volume().name, route.generation());
+            }
+        }
+        Errno::from_i32(e.errno())
     }
-    Errno::from_i32(e.errno())
 }
 
 #[cold]
-fn warn_failure(op: &'static str, ino: u64, e: Error) {
+fn warn_failure(op: &'static str, ino: u64, e: Error, volume: &str, generation: u64) {
     let window = WarnLimit::window_now();
     let repeats = {
         let mut seen = REPEATS.lock();
@@ -217,12 +223,12 @@ fn warn_failure(op: &'static str, ino: u64, e: Error) {
         }
     };
     match repeats.and_then(|r| WARNINGS.admit().map(|_| r)) {
-        Some(0) => tracing::warn!(op, ino, error = %e, "operation failed"),
+        Some(0) => tracing::warn!(op, ino, volume, generation, error = %e, "operation failed"),
         Some(repeats) => tracing::warn!(
-            op, ino, error = %e, repeats,
+            op, ino, volume, generation, error = %e, repeats,
             "operation failed ({repeats} more of these since the last line)"
         ),
-        None => tracing::debug!(op, ino, error = %e, "operation failed"),
+        None => tracing::debug!(op, ino, volume, generation, error = %e, "operation failed"),
     }
 }
 
@@ -553,7 +559,7 @@ impl Filesystem for FuseFs {
                         true
                     }
                     Err(e) => {
-                        reply.error(errno("read", ino.0, e));
+                        reply.error(self.errno("read", ino.0, e));
                         false
                     }
                 },
@@ -691,7 +697,7 @@ impl Filesystem for FuseFs {
                     true
                 }
                 Err(e) => {
-                    reply.error(errno("readdir", ino.0, e));
+                    reply.error(self.errno("readdir", ino.0, e));
                     false
                 }
             },
@@ -740,7 +746,7 @@ impl Filesystem for FuseFs {
                     true
                 }
                 Err(e) => {
-                    reply.error(errno("readdirplus", ino.0, e));
+                    reply.error(self.errno("readdirplus", ino.0, e));
                     false
                 }
             },
@@ -983,7 +989,7 @@ mod tests {
     fn a_repeated_failure_is_logged_once_per_window_and_counted() {
         let e = Error::from_errno(libc::EIO);
         for _ in 0..5 {
-            warn_failure("test-only-op", 1, e);
+            warn_failure("test-only-op", 1, e, "v0", 1);
         }
         let seen = REPEATS.lock();
         let (window, repeats) = seen.as_ref().unwrap()[&("test-only-op", libc::EIO)];

@@ -235,3 +235,31 @@ fn on_unavailable_wait_never_switches_for_an_outage() {
     let e = fs::read(fx.path("f")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN));
 }
+
+#[test]
+fn a_failing_volume_is_named_in_the_warning_with_the_route_generation() {
+    let mut inner = killable_fuse_volume();
+    let mut layout = Layout::new(1, "", FAST_HEALTH);
+    let config = fs::read_to_string(&layout.config).unwrap();
+    let config = config.replace(
+        &format!("\"{}\"", layout.vols[0].display()),
+        &format!("\"{}\"", inner.mnt.display()),
+    );
+    fs::write(&layout.config, config).unwrap();
+    layout.vols[0] = inner.mnt.clone();
+    let m = BinMount::start(layout, &["--log-format", "json"]);
+    assert_eq!(fs::read(m.mnt.join("f")).unwrap(), b"data");
+    kill(&mut inner);
+    let e = fs::read(m.mnt.join("f")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN));
+    wait_until(Duration::from_secs(10), "the warning", || {
+        m.stderr().lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v["message"] == "operation failed"
+                    && v["level"] == "WARN"
+                    && v["volume"] == "v0"
+                    && v["generation"] == 1
+            })
+        })
+    });
+}
