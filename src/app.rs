@@ -423,24 +423,7 @@ impl App {
         if address == AdminAddress::Off {
             return Ok(());
         }
-        let token = match &settings.admin.token_file {
-            None => None,
-            Some(f) => match std::fs::read_to_string(f) {
-                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-                Ok(_) => {
-                    return Err(StartError::usage(format!(
-                        "admin.token_file: {} is empty",
-                        f.display()
-                    )));
-                }
-                Err(e) => {
-                    return Err(StartError::usage(format!(
-                        "admin.token_file: cannot read {}: {e}",
-                        f.display()
-                    )));
-                }
-            },
-        };
+        let token = settings.admin.token().map_err(StartError::usage)?;
         let (switches, mut asked) = mpsc::unbounded_channel::<SwitchRequest>();
         let commands = self.commands.clone();
         let state = Arc::new(AdminState {

@@ -109,6 +109,22 @@ impl std::fmt::Display for AdminAddress {
 }
 
 impl AdminSettings {
+    /// The bearer token from `token_file`, trimmed; `Ok(None)` without one. The error names the
+    /// key and the file (never the contents).
+    pub fn token(&self) -> Result<Option<String>, String> {
+        let Some(f) = &self.token_file else {
+            return Ok(None);
+        };
+        match std::fs::read_to_string(f) {
+            Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
+            Ok(_) => Err(format!("admin.token_file: {} is empty", f.display())),
+            Err(e) => Err(format!(
+                "admin.token_file: cannot read {}: {e}",
+                f.display()
+            )),
+        }
+    }
+
     /// The address for a mount at `mount`: `listen`, or `/run/failoverfs/<mount path with / as
     /// ->.sock` (`/mnt/data` → `/run/failoverfs/mnt-data.sock`).
     pub fn address(&self, mount: &Path) -> AdminAddress {

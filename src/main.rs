@@ -158,17 +158,11 @@ fn admin_target(a: &AdminArgs) -> Result<(config::AdminAddress, Option<String>),
         })?),
         None => None,
     };
-    let token = match settings.as_ref().and_then(|s| s.admin.token_file.clone()) {
-        Some(f) => match std::fs::read_to_string(&f) {
-            Ok(t) => Some(t.trim().to_string()),
-            Err(e) => {
-                eprintln!(
-                    "failoverfs: admin.token_file: cannot read {}: {e}",
-                    f.display()
-                );
-                return Err(Exit::Usage);
-            }
-        },
+    let token = match &settings {
+        Some(s) => s.admin.token().map_err(|e| {
+            eprintln!("failoverfs: {e}");
+            Exit::Usage
+        })?,
         None => None,
     };
     let address = match (&a.socket, &settings) {

@@ -13,9 +13,11 @@
 //! cannot be seen here; the kernel hands requests out in order, so that window is the few
 //! microseconds between a worker receiving the write and registering it.)
 //!
-//! Cost: a write takes its shard's lock twice (register, unregister); a read once, to look for an
-//! overlap among the few writes in progress on that shard. Shards are chosen by inode, so writers
+//! Cost: a write takes its shard's lock twice (register, unregister); a read one atomic load, and
+//! the shard's lock only when some write is in progress on that shard. Shards are chosen by inode, so writers
 //! to different files do not meet.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use smallvec::SmallVec;
@@ -37,6 +39,9 @@ impl Range {
 
 #[derive(Default)]
 struct Shard {
+    /// Writes registered in `writes` (read without the lock: a read with none in progress on its
+    /// shard takes no lock at all).
+    active: AtomicUsize,
     writes: Mutex<SmallVec<[Range; 4]>>,
     done: Condvar,
 }
@@ -73,7 +78,10 @@ impl WritesInFlight {
             end: offset.saturating_add(len),
         };
         let shard = self.shard(ino);
-        shard.writes.lock().push(range);
+        let mut writes = shard.writes.lock();
+        writes.push(range);
+        shard.active.fetch_add(1, Ordering::SeqCst);
+        drop(writes);
         Writing { shard, range }
     }
 
@@ -82,6 +90,11 @@ impl WritesInFlight {
     pub fn wait_clear(&self, ino: u64, offset: u64, len: u64) {
         let end = offset.saturating_add(len);
         let shard = self.shard(ino);
+        // A write registered before this read was sent is counted by now (the kernel sent the
+        // write first, and its worker registered it before we looked).
+        if shard.active.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         let mut writes = shard.writes.lock();
         while writes.iter().any(|w| w.overlaps(ino, offset, end)) {
             // Woken when a write of this shard ends. A write stuck in a hung volume keeps the
@@ -102,6 +115,7 @@ impl Drop for Writing<'_> {
         let mut writes = self.shard.writes.lock();
         if let Some(i) = writes.iter().position(|w| *w == self.range) {
             writes.swap_remove(i);
+            self.shard.active.fetch_sub(1, Ordering::SeqCst);
         }
         drop(writes);
         self.shard.done.notify_all();

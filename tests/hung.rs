@@ -126,23 +126,10 @@ fn killable_fuse_volume() -> BinMount {
     )
 }
 
-/// A layout of `n` volumes whose first is the FUSE mount of `inner`.
-fn layout_over(inner: &BinMount, n: usize, mount_extra: &str, tail: &str) -> Layout {
-    let mut layout = Layout::new(n, mount_extra, tail);
-    let config = fs::read_to_string(&layout.config).unwrap();
-    let config = config.replace(
-        &format!("\"{}\"", layout.vols[0].display()),
-        &format!("\"{}\"", inner.mnt.display()),
-    );
-    fs::write(&layout.config, config).unwrap();
-    layout.vols[0] = inner.mnt.clone();
-    layout
-}
-
 /// A failoverfs over `inner` (volume v0) and, with `standby`, a plain directory holding
 /// `f` = "standby" (volume v1).
 fn over(inner: &BinMount, standby: bool, mount_extra: &str, tail: &str) -> Fixture {
-    let layout = layout_over(inner, 1 + standby as usize, mount_extra, tail);
+    let layout = Layout::over_mount(&inner.mnt, 1 + standby as usize, mount_extra, tail);
     if standby {
         fs::write(layout.vols[1].join("f"), b"standby").unwrap();
     }
@@ -245,7 +232,7 @@ fn on_unavailable_wait_never_switches_for_an_outage() {
 #[test]
 fn a_failing_volume_is_named_in_the_warning_with_the_route_generation() {
     let mut inner = killable_fuse_volume();
-    let layout = layout_over(&inner, 1, "", FAST_HEALTH);
+    let layout = Layout::over_mount(&inner.mnt, 1, "", FAST_HEALTH);
     let m = BinMount::start(layout, &["--log-format", "json"]);
     assert_eq!(fs::read(m.mnt.join("f")).unwrap(), b"data");
     kill(&mut inner);

@@ -173,14 +173,7 @@ fn a_client_restart_under_a_dir_volume_is_followed() {
     let mut inner = BinMount::start(inner_layout, &[]);
     let store = inner.layout.vols[0].clone();
 
-    let mut layout = Layout::new(1, "", &health("60s"));
-    let config = fs::read_to_string(&layout.config).unwrap();
-    let config = config.replace(
-        &format!("\"{}\"", layout.vols[0].display()),
-        &format!("\"{}\"", inner.mnt.display()),
-    );
-    fs::write(&layout.config, config).unwrap();
-    layout.vols[0] = inner.mnt.clone();
+    let layout = Layout::over_mount(&inner.mnt, 1, "", &health("60s"));
     let fx = Fixture::mount(layout);
     let held = fs::OpenOptions::new()
         .read(true)

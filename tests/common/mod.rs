@@ -68,6 +68,20 @@ impl Layout {
         Layout::with_volumes(n, mount_extra, tail, |_| String::new())
     }
 
+    /// Like [`Layout::new`], with volume 0 served from `mount` (a FUSE mount standing in for
+    /// cfs-client) instead of its own directory.
+    pub fn over_mount(mount: &Path, n: usize, mount_extra: &str, tail: &str) -> Layout {
+        let mut layout = Layout::new(n, mount_extra, tail);
+        let config = std::fs::read_to_string(&layout.config).expect("read config");
+        let config = config.replace(
+            &format!("\"{}\"", layout.vols[0].display()),
+            &format!("\"{}\"", mount.display()),
+        );
+        std::fs::write(&layout.config, config).expect("write config");
+        layout.vols[0] = mount.to_path_buf();
+        layout
+    }
+
     /// Like [`Layout::new`], with `volume_extra(i)` added to volume `i`'s table.
     pub fn with_volumes(
         n: usize,
