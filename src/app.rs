@@ -599,10 +599,19 @@ fn raise_open_file_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open file limit"),
+            Ok(()) => tracing::info!(
+                from = soft,
+                to = hard,
+                directory_pins = crate::vfs::pin_limit(),
+                "raised the open file limit"
+            ),
             Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open file limit"),
         },
-        Ok((soft, _)) => tracing::info!(limit = soft, "open file limit"),
+        Ok((soft, _)) => tracing::info!(
+            limit = soft,
+            directory_pins = crate::vfs::pin_limit(),
+            "open file limit"
+        ),
         Err(e) => tracing::warn!(error = %e, "cannot read the open file limit"),
     }
 }

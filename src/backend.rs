@@ -1,9 +1,16 @@
 //! The storage a volume lives on, behind one trait.
 //!
-//! A [`Backend`] serves one volume. It is addressed by paths relative to the volume root (the
-//! empty path is the root itself), never by its own inode numbers: failoverfs owns inode numbers
-//! (see [`crate::inode`]) so that the same path keeps the same number when the route switches to
-//! another volume. Open files are [`OpenFile`] objects owned by the handle table.
+//! A [`Backend`] serves one volume. It is addressed by a directory and a name in it ([`At`]),
+//! never by its own inode numbers: failoverfs owns inode numbers (see [`crate::inode`]) so that
+//! the same path keeps the same number when the route switches to another volume. Open files are
+//! [`OpenFile`] objects owned by the handle table.
+//!
+//! A directory is named either by its path from the volume root or, when the backend can, by a
+//! [`Pin`]: a reference to that very directory which the backend handed out ([`Backend::pin`]),
+//! such as an `O_PATH` descriptor. An operation through a pin acts in the directory the kernel's
+//! inode stands for even when other clients renamed or exchanged it, or any directory above it,
+//! meanwhile; a path would have been redirected. A pin is only ever handed back to the backend
+//! that made it. Backends that cannot pin (an object store) are always addressed by path.
 //!
 //! Invariants every backend keeps:
 //! - Nothing outside the volume root is ever reached: no path component is followed through a
@@ -19,7 +26,7 @@ pub mod identity;
 
 use std::any::Any;
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -119,6 +126,113 @@ pub struct RootMark {
     pub id: FileId,
     /// The mount it was reached through (`statx` mount id).
     pub mount: u64,
+}
+
+/// A directory a backend pinned ([`Backend::pin`]). Opaque to the core; cloning it is cheap.
+pub type Pin = Arc<dyn Any + Send + Sync>;
+
+/// A directory, as the core names it to a backend.
+#[derive(Clone)]
+pub enum Dir {
+    /// The volume root.
+    Root,
+    /// A directory this backend pinned: that directory, wherever it is now.
+    Pinned(Pin),
+    /// A directory by its path from the volume root.
+    Path(PathBuf),
+}
+
+impl std::fmt::Debug for Dir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dir::Root => f.write_str("Root"),
+            Dir::Pinned(_) => f.write_str("Pinned"),
+            Dir::Path(p) => write!(f, "Path({p:?})"),
+        }
+    }
+}
+
+/// A place: `name` in directory `dir`. An empty name is the directory itself; otherwise the name
+/// is one component, never `.` or `..`.
+#[derive(Clone, Copy, Debug)]
+pub struct At<'a> {
+    /// The directory.
+    pub dir: &'a Dir,
+    /// The name in it (empty: the directory itself).
+    pub name: &'a OsStr,
+}
+
+impl<'a> At<'a> {
+    /// The volume root itself.
+    pub fn root() -> At<'static> {
+        At {
+            dir: &Dir::Root,
+            name: OsStr::new(""),
+        }
+    }
+
+    /// The same name in another directory (a wrapper handing its inner backend the inner pin).
+    pub fn with<'b>(&self, dir: &'b Dir) -> At<'b>
+    where
+        'a: 'b,
+    {
+        At {
+            dir,
+            name: self.name,
+        }
+    }
+
+    /// The path of this place from the volume root, when the directory is named by path
+    /// (`None` for a pinned directory, whose path only the backend could tell).
+    pub fn path(&self) -> Option<PathBuf> {
+        let dir = match self.dir {
+            Dir::Root => Path::new(""),
+            Dir::Path(p) => p.as_path(),
+            Dir::Pinned(_) => return None,
+        };
+        Some(if self.name.is_empty() {
+            dir.to_path_buf()
+        } else {
+            dir.join(self.name)
+        })
+    }
+}
+
+/// An owned [`At`]: what the core resolves an inode to before calling the backend.
+#[derive(Clone, Debug)]
+pub struct Place {
+    /// The directory.
+    pub dir: Dir,
+    /// The name in it (empty: the directory itself).
+    pub name: Arc<OsStr>,
+}
+
+impl Place {
+    /// Borrow as an [`At`].
+    pub fn at(&self) -> At<'_> {
+        At {
+            dir: &self.dir,
+            name: &self.name,
+        }
+    }
+
+    /// The place of `path` (from the volume root), its directory named by path.
+    pub fn of_path(path: &Path) -> Place {
+        match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) => Place {
+                dir: if parent.as_os_str().is_empty() {
+                    Dir::Root
+                } else {
+                    Dir::Path(parent.to_path_buf())
+                },
+                name: name.into(),
+            },
+            _ => Place {
+                dir: Dir::Path(path.to_path_buf()),
+                name: OsStr::new("").into(),
+            },
+        }
+    }
 }
 
 /// A time to set.
@@ -270,58 +384,64 @@ pub trait Backend: Send + Sync + 'static {
     fn root_id(&self) -> Option<FileId> {
         self.root_mark().map(|m| m.id)
     }
-    /// Attributes of the file at `path`, not following a final symlink.
-    fn stat(&self, path: &Path) -> Result<Attr>;
-    /// Change attributes by path (through a handle, see [`OpenFile::setattr`]).
-    fn setattr(&self, path: &Path, set: &SetAttr) -> Result<Attr>;
-    /// Target of the symlink at `path`.
-    fn readlink(&self, path: &Path) -> Result<Vec<u8>>;
+    /// Pin the directory at `at` (see the module docs) and return its attributes, or `None`
+    /// when this backend has no pins (then directories are always named by path). A place that
+    /// is not a directory is `ENOTDIR`.
+    fn pin(&self, at: At<'_>) -> Result<Option<(Pin, Attr)>> {
+        let _ = at;
+        Ok(None)
+    }
+    /// Attributes of the file at `at`, not following a final symlink.
+    fn stat(&self, at: At<'_>) -> Result<Attr>;
+    /// Change attributes by place (through a handle, see [`OpenFile::setattr`]).
+    fn setattr(&self, at: At<'_>, set: &SetAttr) -> Result<Attr>;
+    /// Target of the symlink at `at`.
+    fn readlink(&self, at: At<'_>) -> Result<Vec<u8>>;
     /// Create a device node, fifo or socket.
-    fn mknod(&self, parent: &Path, name: &OsStr, mode: u32, rdev: u32, who: Caller)
-    -> Result<Attr>;
+    fn mknod(&self, dir: &Dir, name: &OsStr, mode: u32, rdev: u32, who: Caller) -> Result<Attr>;
     /// Create a directory.
-    fn mkdir(&self, parent: &Path, name: &OsStr, mode: u32, who: Caller) -> Result<Attr>;
+    fn mkdir(&self, dir: &Dir, name: &OsStr, mode: u32, who: Caller) -> Result<Attr>;
     /// Remove a non-directory.
-    fn unlink(&self, parent: &Path, name: &OsStr) -> Result<()>;
+    fn unlink(&self, dir: &Dir, name: &OsStr) -> Result<()>;
     /// Remove an empty directory.
-    fn rmdir(&self, parent: &Path, name: &OsStr) -> Result<()>;
+    fn rmdir(&self, dir: &Dir, name: &OsStr) -> Result<()>;
     /// Create a symlink whose target is stored verbatim and never resolved by failoverfs.
-    fn symlink(&self, parent: &Path, name: &OsStr, target: &OsStr, who: Caller) -> Result<Attr>;
+    fn symlink(&self, dir: &Dir, name: &OsStr, target: &OsStr, who: Caller) -> Result<Attr>;
     /// `renameat2(2)`, with `RENAME_NOREPLACE` / `RENAME_EXCHANGE` in `flags`.
     fn rename(
         &self,
-        parent: &Path,
+        dir: &Dir,
         name: &OsStr,
-        new_parent: &Path,
+        new_dir: &Dir,
         new_name: &OsStr,
         flags: u32,
     ) -> Result<()>;
-    /// Create a hard link to `path` at `new_parent/new_name`.
-    fn link(&self, path: &Path, new_parent: &Path, new_name: &OsStr) -> Result<Attr>;
+    /// Create a hard link to the file at `at` as `new_dir/new_name`.
+    fn link(&self, at: At<'_>, new_dir: &Dir, new_name: &OsStr) -> Result<Attr>;
     /// Open an existing file for `who`. `flags` are open flags without `O_CREAT`, `O_EXCL`,
     /// `O_NOCTTY`; an `O_TRUNC` drops set-ID bits as for `who`'s own call.
-    fn open(&self, path: &Path, flags: i32, who: Caller) -> Result<Arc<dyn OpenFile>>;
+    fn open(&self, at: At<'_>, flags: i32, who: Caller) -> Result<Arc<dyn OpenFile>>;
     /// Create and open a file.
     fn create(
         &self,
-        parent: &Path,
+        dir: &Dir,
         name: &OsStr,
         mode: u32,
         flags: i32,
         who: Caller,
     ) -> Result<(Arc<dyn OpenFile>, Attr)>;
-    /// The entries of the directory at `path`, without `.` and `..`.
-    fn read_dir(&self, path: &Path) -> Result<Vec<DirEntry>>;
+    /// The entries of the directory at `at`, without `.` and `..`.
+    fn read_dir(&self, at: At<'_>) -> Result<Vec<DirEntry>>;
     /// Filesystem statistics.
     fn statfs(&self) -> Result<StatFs>;
     /// Value of an extended attribute.
-    fn getxattr(&self, path: &Path, name: &OsStr) -> Result<Vec<u8>>;
+    fn getxattr(&self, at: At<'_>, name: &OsStr) -> Result<Vec<u8>>;
     /// Set an extended attribute (`flags`: `XATTR_CREATE`, `XATTR_REPLACE`).
-    fn setxattr(&self, path: &Path, name: &OsStr, value: &[u8], flags: i32) -> Result<()>;
+    fn setxattr(&self, at: At<'_>, name: &OsStr, value: &[u8], flags: i32) -> Result<()>;
     /// Names of the extended attributes, each followed by a NUL byte.
-    fn listxattr(&self, path: &Path) -> Result<Vec<u8>>;
+    fn listxattr(&self, at: At<'_>) -> Result<Vec<u8>>;
     /// Remove an extended attribute.
-    fn removexattr(&self, path: &Path, name: &OsStr) -> Result<()>;
+    fn removexattr(&self, at: At<'_>, name: &OsStr) -> Result<()>;
 }
 
 /// Open the backend a volume's settings describe.
@@ -330,7 +450,7 @@ pub fn open(settings: &crate::config::BackendSettings) -> std::io::Result<Arc<dy
         crate::config::BackendSettings::Dir { path } => {
             let b = dir::DirBackend::open(path)?;
             // A root that is not a directory (or vanished) is not a volume.
-            let attr = b.stat(Path::new("")).map_err(std::io::Error::from)?;
+            let attr = b.stat(At::root()).map_err(std::io::Error::from)?;
             if attr.kind != FileKind::Dir {
                 return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR));
             }

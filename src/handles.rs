@@ -535,7 +535,7 @@ mod tests {
 
     fn open_f(b: &DirBackend) -> Result<Arc<dyn OpenFile>> {
         b.open(
-            std::path::Path::new("f"),
+            crate::backend::Place::of_path(std::path::Path::new("f")).at(),
             libc::O_RDWR,
             crate::backend::Caller::ROOT,
         )

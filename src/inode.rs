@@ -32,6 +32,12 @@
 //!   keeps its number when its name is found again on the new volume.
 //! - No global lock: nodes live in shards by inode number, and an operation that spans nodes
 //!   locks their shards in ascending shard order, then re-checks what it read before locking.
+//! - A directory node may hold a [`Pin`] of its directory on one volume opening (by
+//!   [`crate::routing::Volume::serial`]): operations in it then address that very directory,
+//!   never a path that another client's rename may have redirected. A pin is only handed out
+//!   for the opening it was made on; a switch drops the others ([`InodeTable::release_pins`]:
+//!   no descriptor may be left on the old volume), and a node's pin goes with the node. At most
+//!   [`InodeTable::set_pin_limit`] pins are held; beyond that directories are named by path.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -42,7 +48,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
-use crate::backend::{FileId, FileKind};
+use crate::backend::{FileId, FileKind, Pin};
 use crate::error::{Error, Result};
 
 /// The root directory's inode number, fixed by FUSE.
@@ -53,9 +59,13 @@ const SHARDS: usize = 64;
 /// file's number is its backend inode number when that is free.
 pub const OWN_BASE: u64 = 1 << 32;
 /// Deepest path we are willing to build; deeper means the table is corrupt.
-const MAX_DEPTH: usize = 4096;
+pub const MAX_DEPTH: usize = 4096;
 
-type Name = Arc<OsStr>;
+/// A name in a directory, shared between the table and the operations that use it.
+pub type Name = Arc<OsStr>;
+
+/// A file's backend identity and the route generation it was seen under (`None`: not known).
+pub type Seen = Option<(u64, FileId)>;
 
 #[derive(Debug)]
 struct Node {
@@ -68,6 +78,8 @@ struct Node {
     children: HashMap<Name, u64>,
     /// Backend identity and the route generation it was observed under.
     id: Option<(u64, FileId)>,
+    /// The directory pinned on one volume opening (boxed: most nodes have none).
+    pin: Option<Box<(u64, Pin)>>,
 }
 
 impl Node {
@@ -115,9 +127,15 @@ pub struct InodeTable {
     /// node gets, never whether a held number is handed out.
     root_dev: AtomicU64,
     root_ino: AtomicU64,
+    /// Pins held, and how many may be.
+    pins: AtomicUsize,
+    pin_limit: AtomicUsize,
 }
 
 const ROOT_UNKNOWN: u64 = 0;
+
+/// Pins held at most unless told otherwise ([`InodeTable::set_pin_limit`]).
+const DEFAULT_PIN_LIMIT: usize = 4096;
 
 /// Shard guards held together, in ascending shard order.
 struct Locked<'a> {
@@ -167,6 +185,7 @@ impl InodeTable {
                 places: SmallVec::new(),
                 children: HashMap::new(),
                 id: None,
+                pin: None,
             },
         );
         InodeTable {
@@ -177,6 +196,8 @@ impl InodeTable {
             id_generation: AtomicU64::new(0),
             root_dev: AtomicU64::new(0),
             root_ino: AtomicU64::new(ROOT_UNKNOWN),
+            pins: AtomicUsize::new(0),
+            pin_limit: AtomicUsize::new(DEFAULT_PIN_LIMIT),
         }
     }
 
@@ -204,56 +225,96 @@ impl InodeTable {
         }
     }
 
-    /// The path of `ino` relative to the volume root (empty for the root). `ENOENT` when the
-    /// inode is detached (unlinked) or unknown.
+    /// The path of `ino` relative to the volume root (empty for the root), for logs and for
+    /// backends that address by path. `ENOENT` when the inode is detached (unlinked) or unknown.
     pub fn path(&self, ino: u64) -> Result<PathBuf> {
-        self.path_with(ino, None).map(|(path, _)| path)
-    }
-
-    /// Like [`InodeTable::path`], with the backend identity `ino` was last seen with and the
-    /// generation it was seen under (`None` for the root), read under the same lock.
-    pub fn path_and_identity(&self, ino: u64) -> Result<(PathBuf, Option<(u64, FileId)>)> {
-        self.path_with(ino, None)
-    }
-
-    /// The path of `name` in directory `parent`, built in one allocation (what `lookup` and the
-    /// create operations need).
-    pub fn child_path(&self, parent: u64, name: &OsStr) -> Result<PathBuf> {
-        self.path_with(parent, Some(name)).map(|(path, _)| path)
-    }
-
-    fn path_with(
-        &self,
-        ino: u64,
-        last: Option<&OsStr>,
-    ) -> Result<(PathBuf, Option<(u64, FileId)>)> {
         let mut parts: SmallVec<[Name; 16]> = SmallVec::new();
-        let mut identity = None;
         let mut cur = ino;
-        let mut len = last.map_or(0, |n| n.len() + 1);
+        let mut len = 0;
         while cur != ROOT {
             if parts.len() >= MAX_DEPTH {
                 return Err(Error::invalid(libc::ELOOP));
             }
             let shard = self.shards[shard_of(cur)].lock();
             let node = shard.get(&cur).ok_or(Error::posix(libc::ENOENT))?;
-            if cur == ino {
-                identity = node.id;
-            }
             let (parent, name) = node.places.first().ok_or(Error::posix(libc::ENOENT))?;
             len += name.len() + 1;
             parts.push(name.clone());
             cur = *parent;
         }
         let mut path = OsString::with_capacity(len);
-        let names = parts.iter().rev().map(|n| &**n).chain(last);
-        for (i, part) in names.enumerate() {
+        for (i, part) in parts.iter().rev().enumerate() {
             if i > 0 {
                 path.push("/");
             }
-            path.push(part);
+            path.push(&**part);
         }
-        Ok((PathBuf::from(path), identity))
+        Ok(PathBuf::from(path))
+    }
+
+    /// Where `ino` is: its first place (parent and name; `None` for the root) and the backend
+    /// identity it was last seen with, under which generation. `ENOENT` when the inode is
+    /// detached or unknown.
+    pub fn place(&self, ino: u64) -> Result<(Option<(u64, Name)>, Seen)> {
+        if ino == ROOT {
+            return Ok((None, None));
+        }
+        let shard = self.shards[shard_of(ino)].lock();
+        let node = shard.get(&ino).ok_or(Error::posix(libc::ENOENT))?;
+        let first = node.places.first().ok_or(Error::posix(libc::ENOENT))?;
+        Ok((Some(first.clone()), node.id))
+    }
+
+    /// The pin of directory `ino` on volume opening `volume`, if it holds one.
+    pub fn pinned(&self, ino: u64, volume: u64) -> Option<Pin> {
+        let shard = self.shards[shard_of(ino)].lock();
+        let pinned = shard.get(&ino)?.pin.as_ref()?;
+        (pinned.0 == volume).then(|| pinned.1.clone())
+    }
+
+    /// Keep `pin` as directory `ino`'s pin on volume opening `volume` (unless the node is gone,
+    /// or the table holds as many pins as it may).
+    pub fn set_pin(&self, ino: u64, volume: u64, pin: Pin) {
+        let mut shard = self.shards[shard_of(ino)].lock();
+        let Some(node) = shard.get_mut(&ino) else {
+            return;
+        };
+        if node.kind != FileKind::Dir {
+            return;
+        }
+        if node.pin.is_none() {
+            let limit = self.pin_limit.load(Ordering::Relaxed);
+            if self.pins.fetch_add(1, Ordering::Relaxed) >= limit {
+                self.pins.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        node.pin = Some(Box::new((volume, pin)));
+    }
+
+    /// Hold at most `limit` pins (each is a descriptor on the volume).
+    pub fn set_pin_limit(&self, limit: usize) {
+        self.pin_limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Pins held now.
+    pub fn pins(&self) -> usize {
+        self.pins.load(Ordering::Relaxed)
+    }
+
+    /// Drop every pin not made on volume opening `keep` (released after the shard locks). A
+    /// switch calls this before the new route serves, and again once the old route's last
+    /// operations are done, so no descriptor is left on the volume it left.
+    pub fn release_pins(&self, keep: u64) {
+        let mut dropped: Vec<Box<(u64, Pin)>> = Vec::new();
+        for shard in self.shards.iter() {
+            for node in shard.lock().values_mut() {
+                if node.pin.as_ref().is_some_and(|p| p.0 != keep) {
+                    dropped.extend(node.pin.take());
+                }
+            }
+        }
+        self.pins.fetch_sub(dropped.len(), Ordering::Relaxed);
     }
 
     /// The place `ino`'s path is built from (its first name) no longer holds it: drop that name,
@@ -419,6 +480,7 @@ impl InodeTable {
                     places,
                     children: HashMap::new(),
                     id: Some((generation, id)),
+                    pin: None,
                 },
             );
             drop(l);
@@ -631,7 +693,11 @@ impl InodeTable {
             }
             let places = std::mem::take(&mut node.places);
             let id = node.id;
-            l.shard(ino).remove(&ino);
+            if let Some(removed) = l.shard(ino).remove(&ino)
+                && removed.pin.is_some()
+            {
+                self.pins.fetch_sub(1, Ordering::Relaxed);
+            }
             for (parent, name) in &places {
                 if let Some(p) = l.node(*parent) {
                     if p.children.get(&**name) == Some(&ino) {
@@ -803,15 +869,43 @@ mod tests {
         assert_eq!(lookup(&t, d, "f", FileKind::File, 11), f);
         assert_eq!(t.path(f).unwrap(), PathBuf::from("d/f"));
         assert_eq!(t.path(ROOT).unwrap(), PathBuf::new());
-        assert_eq!(
-            t.child_path(d, OsStr::new("g")).unwrap(),
-            PathBuf::from("d/g")
-        );
-        assert_eq!(
-            t.child_path(ROOT, OsStr::new("g")).unwrap(),
-            PathBuf::from("g")
-        );
+        let (place, seen) = t.place(f).unwrap();
+        let (parent, name) = place.unwrap();
+        assert_eq!((parent, &*name), (d, OsStr::new("f")));
+        assert_eq!(seen, Some((0, id(11))));
+        assert!(t.place(ROOT).unwrap().0.is_none());
         assert_eq!(t.stats().nodes, 3);
+    }
+
+    #[test]
+    fn pins_are_per_volume_bounded_and_go_with_their_node() {
+        let t = InodeTable::new();
+        t.set_pin_limit(2);
+        let a = lookup(&t, ROOT, "a", FileKind::Dir, 10);
+        let b = lookup(&t, ROOT, "b", FileKind::Dir, 11);
+        let c = lookup(&t, ROOT, "c", FileKind::Dir, 12);
+        let f = lookup(&t, ROOT, "f", FileKind::File, 13);
+        let pin = |n: u64| -> Pin { Arc::new(n) };
+        t.set_pin(f, 7, pin(0));
+        assert!(t.pinned(f, 7).is_none(), "only directories are pinned");
+        t.set_pin(a, 7, pin(1));
+        t.set_pin(b, 7, pin(2));
+        t.set_pin(c, 7, pin(3));
+        assert_eq!(t.pins(), 2);
+        assert!(t.pinned(c, 7).is_none(), "over the limit");
+        assert!(t.pinned(a, 8).is_none(), "another volume opening");
+        let held = t.pinned(a, 7).unwrap();
+        assert_eq!(held.downcast_ref::<u64>(), Some(&1));
+        // A new opening: pins of the others go.
+        t.set_pin(b, 8, pin(4));
+        t.release_pins(8);
+        assert_eq!(t.pins(), 1);
+        assert!(t.pinned(a, 7).is_none());
+        assert!(t.pinned(b, 8).is_some());
+        // A forgotten node takes its pin with it.
+        t.forget(b, 1);
+        assert_eq!(t.pins(), 0);
+        drop(held);
     }
 
     #[test]

@@ -14,18 +14,19 @@
 //! - The inode table changes only after the backend agreed (a failed rename leaves it alone).
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::backend::{Attr, Caller, FileKind, OpenFile, SetAttr, StatFs};
+use crate::backend::{At, Attr, Caller, Dir, FileKind, OpenFile, Place, SetAttr, StatFs};
 use crate::error::{Error, Kind, Result};
 use crate::handles::{
     Epoch, FileHandle, Handle, HandleTable, LeftBehind, Listed, Reopen, StaleWhy,
 };
-use crate::inode::{InodeTable, ROOT};
+use crate::inode::{InodeTable, MAX_DEPTH, Name, ROOT, Seen};
 use crate::routing::{Router, Ticket, Volume};
 use crate::writes::WritesInFlight;
+use smallvec::SmallVec;
 
 /// A file as the kernel sees it: our inode number and the backend's attributes.
 #[derive(Clone, Copy, Debug)]
@@ -103,6 +104,7 @@ impl Vfs {
         let route = router.current();
         let inodes = InodeTable::new();
         inodes.begin_generation(route.generation(), route.volume().backend.root_id());
+        inodes.set_pin_limit(pin_limit());
         Vfs {
             router,
             inodes,
@@ -138,11 +140,13 @@ impl Vfs {
         self.retried.load(Ordering::Relaxed)
     }
 
-    /// After a switch to `volume` under `generation`: let go of the old volume's files and turn
-    /// stale the handles that wrote there (see [`crate::handles`]). Idempotent: the switch runs
+    /// After a switch to `volume` under `generation`: let go of the old volume's files and
+    /// directory pins, and turn stale the handles that wrote there (see [`crate::handles`]). Idempotent: the switch runs
     /// it before the publish, and once more after, for operations of the old route that were
     /// still running.
     pub fn leave_old(&self, generation: u64, volume: &Volume) -> LeftBehind {
+        // Directories pinned on the old volume: no descriptor may stay there.
+        self.inodes.release_pins(volume.serial());
         self.handles.leave_old(Epoch {
             generation,
             volume: volume.serial(),
@@ -172,7 +176,8 @@ impl Vfs {
         self.handles.for_each_file(|ino| {
             let gone = match self.inodes.path(ino) {
                 Ok(path) => {
-                    matches!(volume.backend.stat(&path), Err(e) if e.errno() == libc::ENOENT)
+                    let place = Place::of_path(&path);
+                    matches!(volume.backend.stat(place.at()), Err(e) if e.errno() == libc::ENOENT)
                 }
                 Err(_) => true,
             };
@@ -292,14 +297,27 @@ impl Vfs {
         &self,
         t: &Ticket,
         ino: u64,
-        mut check: impl FnMut(&Path) -> Result<(T, Attr)>,
-    ) -> Result<(PathBuf, T)> {
+        mut check: impl FnMut(At<'_>) -> Result<(T, Attr)>,
+    ) -> Result<(Place, T)> {
         loop {
-            let (path, known) = self.inodes.path_and_identity(ino)?;
-            match check(&path) {
+            if let Some(pin) = self.inodes.pinned(ino, t.volume().serial()) {
+                // A pinned directory is that very directory: nothing to check.
+                let place = itself(Dir::Pinned(pin));
+                let (v, _) = check(place.at())?;
+                return Ok((place, v));
+            }
+            let (place, known) = self.inodes.place(ino)?;
+            let place = match place {
+                None => itself(Dir::Root),
+                Some((parent, name)) => Place {
+                    dir: self.dir_of(t, parent)?,
+                    name,
+                },
+            };
+            match check(place.at()) {
                 Ok((v, attr)) => match known {
                     Some((generation, id)) if generation == t.generation() && id != attr.id => {}
-                    _ => return Ok((path, v)),
+                    _ => return Ok((place, v)),
                 },
                 Err(e) if e.errno() == libc::ENOENT && ino != ROOT => {}
                 Err(e) => return Err(e),
@@ -312,10 +330,87 @@ impl Vfs {
         }
     }
 
-    /// The checked path of `ino` (see [`Vfs::checked`]) and the file's attributes there.
-    fn located(&self, t: &Ticket, ino: u64) -> Result<(PathBuf, Attr)> {
+    /// The checked place of `ino` (see [`Vfs::checked`]) and the file's attributes there.
+    fn located(&self, t: &Ticket, ino: u64) -> Result<(Place, Attr)> {
         let backend = &t.volume().backend;
-        self.checked(t, ino, |path| backend.stat(path).map(|a| (a, a)))
+        self.checked(t, ino, |at| backend.stat(at).map(|a| (a, a)))
+    }
+
+    /// Where `ino` is on ticket `t`'s volume, unchecked: a pinned directory itself, else its
+    /// first name in its parent directory.
+    fn place_of(&self, t: &Ticket, ino: u64) -> Result<Place> {
+        if let Some(pin) = self.inodes.pinned(ino, t.volume().serial()) {
+            return Ok(itself(Dir::Pinned(pin)));
+        }
+        Ok(match self.inodes.place(ino)?.0 {
+            None => itself(Dir::Root),
+            Some((parent, name)) => Place {
+                dir: self.dir_of(t, parent)?,
+                name,
+            },
+        })
+    }
+
+    /// Directory `ino` on ticket `t`'s volume, for an operation in it: its pin when the backend
+    /// pins (made now, with its ancestors', when the node holds none for this volume), else its
+    /// path. A directory whose name now holds another directory is `ESTALE` (the kernel looks
+    /// the name up again).
+    fn dir_of(&self, t: &Ticket, ino: u64) -> Result<Dir> {
+        let volume = t.volume();
+        let serial = volume.serial();
+        // Walk up to the nearest pinned directory (or the root), then pin back down.
+        let mut chain: SmallVec<[(u64, Name, Seen); 8]> = SmallVec::new();
+        let mut cur = ino;
+        let mut dir = loop {
+            if let Some(pin) = self.inodes.pinned(cur, serial) {
+                break Dir::Pinned(pin);
+            }
+            match self.inodes.place(cur)? {
+                (None, _) => break Dir::Root,
+                (Some((parent, name)), known) => {
+                    if chain.len() >= MAX_DEPTH {
+                        return Err(Error::invalid(libc::ELOOP));
+                    }
+                    chain.push((cur, name, known));
+                    cur = parent;
+                }
+            }
+        };
+        while let Some((node, name, known)) = chain.pop() {
+            let at = At {
+                dir: &dir,
+                name: &name,
+            };
+            let Some((pin, attr)) = volume.backend.pin(at)? else {
+                // A backend without pins: by path.
+                dir = Dir::Path(at.path().ok_or(Error::invalid(libc::EINVAL))?);
+                continue;
+            };
+            if let Some((generation, id)) = known
+                && generation == t.generation()
+                && id != attr.id
+            {
+                return Err(Error::posix(libc::ESTALE));
+            }
+            self.inodes.set_pin(node, serial, pin.clone());
+            dir = Dir::Pinned(pin);
+        }
+        Ok(dir)
+    }
+
+    /// A directory just found at `name` in `dir` (lookup, mkdir): pin it while its identity is
+    /// known to be the one the kernel was told, so that a later rename by another client cannot
+    /// redirect operations in it.
+    fn pin_found(&self, t: &Ticket, dir: &Dir, name: &OsStr, entry: &Entry) {
+        let serial = t.volume().serial();
+        if entry.attr.kind != FileKind::Dir || self.inodes.pinned(entry.ino, serial).is_some() {
+            return;
+        }
+        if let Ok(Some((pin, attr))) = t.volume().backend.pin(At { dir, name })
+            && attr.id == entry.attr.id
+        {
+            self.inodes.set_pin(entry.ino, serial, pin);
+        }
     }
 
     /// The backend file of handle `fh` for an operation on ticket `t` that only reads it,
@@ -345,7 +440,7 @@ impl Vfs {
         change: bool,
     ) -> Result<Arc<dyn OpenFile>> {
         h.file(epoch(t), self.opts.stale_errno, change, |from| {
-            reopen(&self.inodes, t.volume(), h, from)
+            self.reopen(t, h, from)
         })
     }
 
@@ -370,9 +465,11 @@ impl Vfs {
             return Err(Error::posix(libc::ENOENT));
         }
         self.run(Retry::Safe, |t| {
-            let path = self.inodes.child_path(parent, name)?;
-            let attr = t.volume().backend.stat(&path)?;
-            self.entry(t, parent, name, attr)
+            let dir = self.dir_of(t, parent)?;
+            let attr = t.volume().backend.stat(At { dir: &dir, name })?;
+            let entry = self.entry(t, parent, name, attr)?;
+            self.pin_found(t, &dir, name, &entry);
+            Ok(entry)
         })
     }
 
@@ -420,7 +517,7 @@ impl Vfs {
                 return self.file_to_change(t, fh)?.setattr(set);
             }
             match self.located(t, ino) {
-                Ok((path, _)) => t.volume().backend.setattr(&path, set),
+                Ok((place, _)) => t.volume().backend.setattr(place.at(), set),
                 Err(e) => match self
                     .handles
                     .any_file_of(ino, epoch(t), self.opts.stale_errno, true)
@@ -435,7 +532,7 @@ impl Vfs {
     /// `readlink`.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         self.run(Retry::Safe, |t| {
-            t.volume().backend.readlink(&self.inodes.path(ino)?)
+            t.volume().backend.readlink(self.place_of(t, ino)?.at())
         })
     }
 
@@ -449,7 +546,7 @@ impl Vfs {
         who: Caller,
     ) -> Result<Entry> {
         self.change(Retry::Never, |t| {
-            let dir = self.inodes.path(parent)?;
+            let dir = self.dir_of(t, parent)?;
             let attr = t.volume().backend.mknod(&dir, name, mode, rdev, who)?;
             self.entry(t, parent, name, attr)
         })
@@ -458,18 +555,18 @@ impl Vfs {
     /// `mkdir`.
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, who: Caller) -> Result<Entry> {
         self.change(Retry::Never, |t| {
-            let dir = self.inodes.path(parent)?;
+            let dir = self.dir_of(t, parent)?;
             let attr = t.volume().backend.mkdir(&dir, name, mode, who)?;
-            self.entry(t, parent, name, attr)
+            let entry = self.entry(t, parent, name, attr)?;
+            self.pin_found(t, &dir, name, &entry);
+            Ok(entry)
         })
     }
 
     /// `unlink`.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
         self.change(Retry::Never, |t| {
-            t.volume()
-                .backend
-                .unlink(&self.inodes.path(parent)?, name)?;
+            t.volume().backend.unlink(&self.dir_of(t, parent)?, name)?;
             self.inodes.unlink(parent, name);
             Ok(())
         })
@@ -478,7 +575,7 @@ impl Vfs {
     /// `rmdir`.
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
         self.change(Retry::Never, |t| {
-            t.volume().backend.rmdir(&self.inodes.path(parent)?, name)?;
+            t.volume().backend.rmdir(&self.dir_of(t, parent)?, name)?;
             self.inodes.unlink(parent, name);
             Ok(())
         })
@@ -487,7 +584,7 @@ impl Vfs {
     /// `symlink`: the target is stored verbatim.
     pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, who: Caller) -> Result<Entry> {
         self.change(Retry::Never, |t| {
-            let dir = self.inodes.path(parent)?;
+            let dir = self.dir_of(t, parent)?;
             let attr = t.volume().backend.symlink(&dir, name, target, who)?;
             self.entry(t, parent, name, attr)
         })
@@ -503,8 +600,8 @@ impl Vfs {
         flags: u32,
     ) -> Result<()> {
         self.change(Retry::Never, |t| {
-            let from = self.inodes.path(parent)?;
-            let to = self.inodes.path(new_parent)?;
+            let from = self.dir_of(t, parent)?;
+            let to = self.dir_of(t, new_parent)?;
             t.volume()
                 .backend
                 .rename(&from, name, &to, new_name, flags)?;
@@ -518,9 +615,9 @@ impl Vfs {
     /// `link`: a new name for `ino`.
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> Result<Entry> {
         self.change(Retry::Never, |t| {
-            let path = self.inodes.path(ino)?;
-            let dir = self.inodes.path(new_parent)?;
-            let attr = t.volume().backend.link(&path, &dir, new_name)?;
+            let place = self.place_of(t, ino)?;
+            let dir = self.dir_of(t, new_parent)?;
+            let attr = t.volume().backend.link(place.at(), &dir, new_name)?;
             self.entry(t, new_parent, new_name, attr)
         })
     }
@@ -532,8 +629,8 @@ impl Vfs {
         }
         self.run(Retry::Never, |t| {
             let backend = &t.volume().backend;
-            let (_, (file, attr)) = self.checked(t, ino, |path| {
-                let file = backend.open(path, flags, who)?;
+            let (_, (file, attr)) = self.checked(t, ino, |at| {
+                let file = backend.open(at, flags, who)?;
                 let attr = file.stat()?;
                 Ok(((file, attr), attr))
             })?;
@@ -555,7 +652,7 @@ impl Vfs {
         who: Caller,
     ) -> Result<(Entry, u64)> {
         self.change(Retry::Never, |t| {
-            let dir = self.inodes.path(parent)?;
+            let dir = self.dir_of(t, parent)?;
             let (file, attr) = t.volume().backend.create(&dir, name, mode, flags, who)?;
             let entry = self.entry(t, parent, name, attr)?;
             let opened_as = self.opened_as(&attr);
@@ -654,7 +751,7 @@ impl Vfs {
     /// `opendir`.
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         self.run(Retry::Safe, |t| {
-            let attr = t.volume().backend.stat(&self.inodes.path(ino)?)?;
+            let attr = t.volume().backend.stat(self.place_of(t, ino)?.at())?;
             if attr.kind != FileKind::Dir {
                 return Err(Error::posix(libc::ENOTDIR));
             }
@@ -687,7 +784,7 @@ impl Vfs {
         let mut added = 0usize;
         self.run(Retry::Safe, |t| {
             let listing = dir.listing(offset, || {
-                let path = self.inodes.path(ino)?;
+                let place = itself(self.dir_of(t, ino)?);
                 let mut out = Vec::new();
                 out.push(Listed {
                     name: ".".into(),
@@ -702,7 +799,7 @@ impl Vfs {
                 out.extend(
                     t.volume()
                         .backend
-                        .read_dir(&path)?
+                        .read_dir(place.at())?
                         .into_iter()
                         .map(|e| Listed {
                             name: e.name,
@@ -739,8 +836,8 @@ impl Vfs {
         added: &mut usize,
     ) -> Result<()> {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let dir_path = if plus {
-            Some(self.inodes.path(ino)?)
+        let dir = if plus {
+            Some(self.dir_of(t, ino)?)
         } else {
             None
         };
@@ -752,14 +849,10 @@ impl Vfs {
                 1 => Some(self.inodes.parent(ino)),
                 _ => None,
             };
-            let (ino_of_item, kind, entry) = match (&dir_path, fixed_ino) {
-                (Some(path), _) => {
-                    let target = if dots {
-                        path.clone()
-                    } else {
-                        path.join(&item.name)
-                    };
-                    let attr = match t.volume().backend.stat(&target) {
+            let (ino_of_item, kind, entry) = match (&dir, fixed_ino) {
+                (Some(dir), _) => {
+                    let name: &OsStr = if dots { OsStr::new("") } else { &item.name };
+                    let attr = match t.volume().backend.stat(At { dir, name }) {
                         Ok(a) => a,
                         // Removed since the listing was taken: skip it.
                         Err(e) if e.errno() == libc::ENOENT => continue,
@@ -808,7 +901,9 @@ impl Vfs {
     /// `getxattr`: the whole value.
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
         self.run(Retry::Safe, |t| {
-            t.volume().backend.getxattr(&self.inodes.path(ino)?, name)
+            t.volume()
+                .backend
+                .getxattr(self.place_of(t, ino)?.at(), name)
         })
     }
 
@@ -817,14 +912,14 @@ impl Vfs {
         self.change(Retry::Never, |t| {
             t.volume()
                 .backend
-                .setxattr(&self.inodes.path(ino)?, name, value, flags)
+                .setxattr(self.place_of(t, ino)?.at(), name, value, flags)
         })
     }
 
     /// `listxattr`: NUL-terminated names.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         self.run(Retry::Safe, |t| {
-            t.volume().backend.listxattr(&self.inodes.path(ino)?)
+            t.volume().backend.listxattr(self.place_of(t, ino)?.at())
         })
     }
 
@@ -833,7 +928,7 @@ impl Vfs {
         self.change(Retry::Never, |t| {
             t.volume()
                 .backend
-                .removexattr(&self.inodes.path(ino)?, name)
+                .removexattr(self.place_of(t, ino)?.at(), name)
         })
     }
 
@@ -878,28 +973,51 @@ fn epoch(t: &Ticket) -> Epoch {
     }
 }
 
-/// Re-open handle `h` on `volume` after a switch from the volume at table position `from`.
-fn reopen(inodes: &InodeTable, volume: &Volume, h: &FileHandle, from: usize) -> Result<Reopen> {
-    let path = match inodes.path(h.ino) {
-        Ok(p) => p,
-        Err(e) if e.errno() == libc::ENOENT => return Ok(Reopen::Gone(StaleWhy::Gone)),
-        Err(e) => return Err(e),
-    };
-    let flags = h.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
-    // Without O_TRUNC, the caller plays no part in opening.
-    let file = match volume.backend.open(&path, flags, Caller::ROOT) {
-        Ok(f) => f,
-        Err(e) if e.errno() == libc::ENOENT => return Ok(Reopen::Gone(StaleWhy::Gone)),
-        Err(e) => return Err(e),
-    };
-    // The same volume re-opened (a remount) holds the same data: nothing to verify.
-    if let Some((size, mtime)) = h.opened_as.filter(|_| from != volume.index) {
-        let now = file.stat()?;
-        if (now.size, now.mtime) != (size, mtime) {
-            return Ok(Reopen::Gone(StaleWhy::Differs));
-        }
+/// The place of a directory itself.
+fn itself(dir: Dir) -> Place {
+    static EMPTY: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| OsStr::new("").into());
+    Place {
+        dir,
+        name: EMPTY.clone(),
     }
-    Ok(Reopen::Opened(file))
+}
+
+/// How many directories the inode table may pin: a quarter of the descriptors this process may
+/// open (the rest are for open files and the daemon itself).
+pub(crate) fn pin_limit() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(64, 1 << 20)
+}
+
+impl Vfs {
+    /// Re-open handle `h` on ticket `t`'s volume after a switch from the volume at table position
+    /// `from`.
+    fn reopen(&self, t: &Ticket, h: &FileHandle, from: usize) -> Result<Reopen> {
+        let volume = t.volume();
+        let place = match self.place_of(t, h.ino) {
+            Ok(p) => p,
+            Err(e) if e.errno() == libc::ENOENT => return Ok(Reopen::Gone(StaleWhy::Gone)),
+            Err(e) => return Err(e),
+        };
+        let flags = h.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+        // Without O_TRUNC, the caller plays no part in opening.
+        let file = match volume.backend.open(place.at(), flags, Caller::ROOT) {
+            Ok(f) => f,
+            Err(e) if e.errno() == libc::ENOENT => return Ok(Reopen::Gone(StaleWhy::Gone)),
+            Err(e) => return Err(e),
+        };
+        // The same volume re-opened (a remount) holds the same data: nothing to verify.
+        if let Some((size, mtime)) = h.opened_as.filter(|_| from != volume.index) {
+            let now = file.stat()?;
+            if (now.size, now.mtime) != (size, mtime) {
+                return Ok(Reopen::Gone(StaleWhy::Differs));
+            }
+        }
+        Ok(Reopen::Opened(file))
+    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,11 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 
 use common::*;
+use failoverfs::backend::{Caller, SetAttr};
+use failoverfs::inode::ROOT;
 
 #[test]
 fn symlink_to_etc_is_returned_as_a_symlink() {
@@ -27,58 +29,62 @@ fn symlink_to_etc_is_returned_as_a_symlink() {
 
 #[test]
 fn directory_swapped_for_a_symlink_is_refused() {
-    // Long cache lifetimes: the kernel keeps trusting its dentry for `sub` (a directory) and
-    // sends every operation below straight to the daemon, which must do the resolving. (With
-    // short ones the kernel would look `sub` up again, see a symlink, and follow it itself, like
-    // any symlink on any filesystem.)
-    let fx = Fixture::with(1, "attr_ttl = \"1h\"\nentry_ttl = \"1h\"", "");
-    let outside = fx.layout.dir.path().join("outside");
-    fs::create_dir(&outside).unwrap();
-    fs::write(outside.join("secret"), b"top secret").unwrap();
-    fs::create_dir(fx.path("sub")).unwrap();
-    fs::write(fx.path("sub/secret"), b"inside").unwrap();
-    // Creating `secret` made the kernel drop `sub`'s attributes; cache them again.
-    assert!(fs::metadata(fx.path("sub")).unwrap().is_dir());
-    assert_eq!(fs::read(fx.path("sub/secret")).unwrap(), b"inside");
-    // The kernel now caches `sub` as a directory. Swap it for a symlink behind our back.
-    fs::remove_file(fx.vol(0, "sub/secret")).unwrap();
-    fs::remove_dir(fx.vol(0, "sub")).unwrap();
-    std::os::unix::fs::symlink(&outside, fx.vol(0, "sub")).unwrap();
-    // Through the cached dentry, the daemon resolves `sub/secret` beneath the root with no
-    // symlink allowed: the outside file is never read, written, created or changed.
-    let refused = |r: std::io::Result<()>, what: &str| {
-        let e = r.expect_err(what);
-        assert!(
-            matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)),
-            "{what}: {e}"
+    // What the kernel sends through the entries it caches for `sub` and `sub/secret` after `sub`
+    // was swapped for a symlink behind its back, sent to the daemon directly: through the mount
+    // the kernel would (rightly) look `sub` up again on ESTALE and follow the symlink itself,
+    // like any symlink on any filesystem, which would hide what the daemon did.
+    for pinned in [true, false] {
+        let fx = Fixture::new(1);
+        let vfs = fx.app().vfs();
+        if !pinned {
+            // Directories named by path from the root, resolved with no symlink allowed.
+            vfs.inodes().set_pin_limit(0);
+        }
+        let outside = fx.layout.dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), b"top secret").unwrap();
+        fs::create_dir(fx.vol(0, "sub")).unwrap();
+        fs::write(fx.vol(0, "sub/secret"), b"inside").unwrap();
+        let sub = vfs.lookup(ROOT, os("sub")).unwrap().ino;
+        let secret = vfs.lookup(sub, os("secret")).unwrap().ino;
+        assert_eq!(vfs.inodes().pins(), usize::from(pinned));
+        fs::remove_file(fx.vol(0, "sub/secret")).unwrap();
+        fs::remove_dir(fx.vol(0, "sub")).unwrap();
+        std::os::unix::fs::symlink(&outside, fx.vol(0, "sub")).unwrap();
+        // A pinned `sub` is the removed directory (ENOENT, ESTALE); by path, the symlink is
+        // refused (ELOOP, ENOTDIR). Never the outside file.
+        let refused = |r: Result<(), failoverfs::error::Error>, what: &str| {
+            let e = r.expect_err(what);
+            assert!(
+                matches!(
+                    e.errno(),
+                    libc::ELOOP | libc::ENOTDIR | libc::ENOENT | libc::ESTALE
+                ),
+                "{what} (pinned: {pinned}): {e}"
+            );
+        };
+        refused(vfs.lookup(sub, os("secret")).map(drop), "lookup");
+        refused(
+            vfs.open(secret, libc::O_RDWR, Caller::ROOT).map(drop),
+            "open",
         );
-    };
-    refused(
-        fs::read(fx.path("sub/secret")).map(drop),
-        "read through the swapped symlink",
-    );
-    refused(
-        fs::write(fx.path("sub/new"), b"x"),
-        "create through the swapped symlink",
-    );
-    assert!(
-        !outside.join("new").exists(),
-        "created a file outside the volume"
-    );
-    refused(
-        fs::set_permissions(fx.path("sub/secret"), fs::Permissions::from_mode(0o777)),
-        "chmod through the swapped symlink",
-    );
-    assert_ne!(
-        fs::metadata(outside.join("secret")).unwrap().mode() & 0o777,
-        0o777,
-        "changed a file outside the volume"
-    );
-    refused(
-        fs::remove_file(fx.path("sub/secret")),
-        "unlink through the swapped symlink",
-    );
-    assert_eq!(fs::read(outside.join("secret")).unwrap(), b"top secret");
+        refused(
+            vfs.create(sub, os("new"), 0o644, libc::O_RDWR, Caller::ROOT)
+                .map(drop),
+            "create",
+        );
+        let chmod = SetAttr {
+            mode: Some(0o777),
+            ..SetAttr::default()
+        };
+        refused(vfs.setattr(secret, None, &chmod).map(drop), "chmod");
+        refused(vfs.unlink(sub, os("secret")), "unlink");
+        refused(vfs.getxattr(secret, os("user.x")).map(drop), "getxattr");
+        assert!(!outside.join("new").exists(), "created outside the volume");
+        let md = fs::metadata(outside.join("secret")).unwrap();
+        assert_ne!(md.mode() & 0o777, 0o777, "changed outside the volume");
+        assert_eq!(fs::read(outside.join("secret")).unwrap(), b"top secret");
+    }
 }
 
 #[test]

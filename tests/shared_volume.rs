@@ -340,3 +340,92 @@ fn two_mounts_of_one_volume_see_each_other_and_never_mix_files() {
         },
     );
 }
+
+/// `openat`-style calls through a directory descriptor held on the mount.
+mod at {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    pub fn create(dir: &OwnedFd, name: &str, data: &[u8]) -> std::io::Result<()> {
+        let fd = nix::fcntl::openat(
+            dir,
+            name,
+            nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_EXCL,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )?;
+        nix::unistd::write(&fd, data)?;
+        Ok(())
+    }
+
+    pub fn unlink(dir: &OwnedFd, name: &str) -> std::io::Result<()> {
+        let name = CString::new(name).unwrap();
+        // SAFETY: a valid descriptor and a NUL-terminated name.
+        let rc = unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    pub fn open_dir(path: &std::path::Path) -> OwnedFd {
+        nix::fcntl::open(
+            path,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap()
+    }
+}
+
+#[test]
+fn operations_in_a_directory_follow_it_when_another_client_moves_it() {
+    let fx = Fixture::new(1);
+    fs::create_dir_all(fx.vol(0, "P/D")).unwrap();
+    fs::create_dir(fx.vol(0, "Q")).unwrap();
+    let d = at::open_dir(&fx.path("P/D"));
+    // Another client moves the directory (and so everything a path through P/D would name).
+    fs::rename(fx.vol(0, "P/D"), fx.vol(0, "Q/D")).unwrap();
+    // Through the descriptor: the directory the application holds, wherever it is now.
+    at::create(&d, "x", b"made after the move").unwrap();
+    assert_eq!(
+        fs::read(fx.vol(0, "Q/D/x")).unwrap(),
+        b"made after the move"
+    );
+    assert!(!fx.vol(0, "P/D").exists());
+    nix::sys::stat::mkdirat(&d, "sub", nix::sys::stat::Mode::from_bits_truncate(0o755)).unwrap();
+    assert!(fx.vol(0, "Q/D/sub").is_dir());
+    at::unlink(&d, "x").unwrap();
+    assert!(!fx.vol(0, "Q/D/x").exists());
+}
+
+#[test]
+fn an_exchange_by_another_client_never_redirects_an_unlink() {
+    let fx = Fixture::new(1);
+    for (dir, data) in [("A", "in A"), ("B", "in B")] {
+        fs::create_dir(fx.vol(0, dir)).unwrap();
+        fs::write(fx.vol(0, &format!("{dir}/f")), data).unwrap();
+    }
+    let a = at::open_dir(&fx.path("A"));
+    assert_eq!(fs::read(fx.path("A/f")).unwrap(), b"in A");
+    // Another client swaps the two directories.
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &fx.vol(0, "A"),
+        nix::fcntl::AT_FDCWD,
+        &fx.vol(0, "B"),
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    )
+    .unwrap();
+    // The application removes `f` in the directory it holds: the one first named A, now at B.
+    at::unlink(&a, "f").unwrap();
+    assert!(
+        !fx.vol(0, "B/f").exists(),
+        "the held directory's file is gone"
+    );
+    assert_eq!(
+        fs::read(fx.vol(0, "A/f")).unwrap(),
+        b"in B",
+        "the other directory's file is untouched"
+    );
+}

@@ -139,9 +139,17 @@ fn a_volume_switched_away_from_can_be_unmounted() {
     let tmpfs = Tmpfs::mount(&layout.vols[0]);
     populate(&layout);
     fs::write(layout.vols[0].join(".volume"), b"").unwrap();
+    for v in &layout.vols {
+        fs::create_dir(v.join("d")).unwrap();
+        fs::write(v.join("d/g"), b"in d").unwrap();
+    }
     let fx = Fixture::mount(layout);
-    // An application keeps files open, one of them written.
+    // An application keeps files open, one of them written, and works in a directory (which
+    // the daemon pins on the volume).
     let reader = fs::File::open(fx.path("f")).unwrap();
+    let in_dir = fs::File::open(fx.path("d/g")).unwrap();
+    let dir = fs::File::open(fx.path("d")).unwrap();
+    assert!(fx.app().vfs().inodes().pins() >= 1);
     let writer = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -162,7 +170,9 @@ fn a_volume_switched_away_from_can_be_unmounted() {
     let mut buf = [0u8; 2];
     reader.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(&buf, b"v1");
-    drop(writer);
+    in_dir.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"in");
+    drop((writer, dir));
 }
 
 #[test]

@@ -9,6 +9,11 @@
 //! `/proc/self/fd/N` link of an `O_PATH` descriptor, which names exactly the file the descriptor
 //! holds (a symlink stays a symlink). The daemon never follows a symlink found in a volume; the
 //! kernel on the client side resolves them like on any filesystem.
+//!
+//! A pinned directory ([`Backend::pin`]) is an `O_PATH` descriptor of it, usable only with the
+//! backend that opened it. Names are resolved beneath it the same way as beneath the root. A
+//! directory that another client moved out of the volume (on the same filesystem) stays reachable
+//! through its pin until the core drops the pin, as a process's working directory would.
 
 use std::any::Any;
 use std::ffi::{CStr, OsStr};
@@ -19,6 +24,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
@@ -28,9 +34,17 @@ use nix::unistd::{Gid, Uid, fchownat, linkat, symlinkat, unlinkat};
 
 use super::identity::{self, as_caller};
 use super::{
-    Attr, Backend, Caller, DirEntry, FileKind, OpenFile, RootMark, SetAttr, SetTime, StatFs,
+    At, Attr, Backend, Caller, Dir, DirEntry, FileKind, OpenFile, Pin, RootMark, SetAttr, SetTime,
+    StatFs,
 };
 use crate::error::{Error, Result};
+
+/// How every name is opened: beneath the directory it is named in, no symlink on the way.
+fn how(flags: OFlag) -> OpenHow {
+    OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(RESOLVE)
+}
 
 /// The longest relative path handed to one `openat2` call (below `PATH_MAX`, 4096 with the NUL).
 const PATH_PIECE: usize = 4000;
@@ -45,18 +59,29 @@ pub struct DirBackend {
     root_path: PathBuf,
     root: OwnedFd,
     root_mark: RootMark,
+    /// Tells this backend's pins from another's (a pin is never used on another backend).
+    serial: u64,
 }
 
-/// A directory descriptor: the root itself, or one opened beneath it.
+/// Serials of [`DirBackend`]s, never repeated in a process.
+static SERIALS: AtomicU64 = AtomicU64::new(1);
+
+/// A directory pinned by a [`DirBackend`].
+struct PinnedDir {
+    fd: OwnedFd,
+    owner: u64,
+}
+
+/// A descriptor: one held elsewhere (the root, a pin), or one opened for this call.
 enum DirFd<'a> {
-    Root(BorrowedFd<'a>),
+    Borrowed(BorrowedFd<'a>),
     Owned(OwnedFd),
 }
 
 impl AsFd for DirFd<'_> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
-            DirFd::Root(fd) => *fd,
+            DirFd::Borrowed(fd) => *fd,
             DirFd::Owned(fd) => fd.as_fd(),
         }
     }
@@ -75,6 +100,7 @@ impl DirBackend {
             root_path: path.to_path_buf(),
             root,
             root_mark,
+            serial: SERIALS.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -82,11 +108,6 @@ impl DirBackend {
     /// than the kernel takes in one call (`PATH_MAX`) is walked in pieces, each beneath the
     /// directory the previous one opened, so depth is not limited.
     fn resolve(&self, rel: &Path, flags: OFlag) -> Result<OwnedFd> {
-        let how = |flags: OFlag| {
-            OpenHow::new()
-                .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-                .resolve(RESOLVE)
-        };
         // The root itself is "." beneath the root.
         if rel.as_os_str().is_empty() {
             return Ok(openat2(self.root.as_fd(), ".", how(flags))?);
@@ -113,22 +134,42 @@ impl DirBackend {
         Ok(openat2(at, Path::new(OsStr::from_bytes(rest)), how(flags))?)
     }
 
-    /// A directory descriptor for `rel` (the root when `rel` is empty).
-    fn dir(&self, rel: &Path) -> Result<DirFd<'_>> {
-        if rel.as_os_str().is_empty() {
-            Ok(DirFd::Root(self.root.as_fd()))
-        } else {
-            self.resolve(rel, OFlag::O_PATH | OFlag::O_DIRECTORY)
-                .map(DirFd::Owned)
+    /// A descriptor of directory `dir`.
+    fn dir<'a>(&'a self, dir: &'a Dir) -> Result<DirFd<'a>> {
+        match dir {
+            Dir::Root => Ok(DirFd::Borrowed(self.root.as_fd())),
+            Dir::Pinned(pin) => match pin.downcast_ref::<PinnedDir>() {
+                Some(p) if p.owner == self.serial => Ok(DirFd::Borrowed(p.fd.as_fd())),
+                // The core hands a pin only to the backend that made it; refuse rather than act
+                // on another volume.
+                _ => Err(Error::stale(libc::ESTALE)),
+            },
+            Dir::Path(rel) if rel.as_os_str().is_empty() => Ok(DirFd::Borrowed(self.root.as_fd())),
+            Dir::Path(rel) => self
+                .resolve(rel, OFlag::O_PATH | OFlag::O_DIRECTORY)
+                .map(DirFd::Owned),
         }
     }
 
-    /// An `O_PATH` descriptor of the file at `rel` itself (a symlink stays a symlink).
-    fn target(&self, rel: &Path) -> Result<DirFd<'_>> {
-        if rel.as_os_str().is_empty() {
-            Ok(DirFd::Root(self.root.as_fd()))
-        } else {
-            self.resolve(rel, OFlag::O_PATH).map(DirFd::Owned)
+    /// Open the place `at` with `flags`, following no symlink (see [`DirBackend::resolve`]).
+    fn open_at(&self, at: At<'_>, flags: OFlag) -> Result<OwnedFd> {
+        if at.name.is_empty() {
+            if let Dir::Path(rel) = at.dir {
+                return self.resolve(rel, flags);
+            }
+            let dir = self.dir(at.dir)?;
+            return Ok(openat2(dir.as_fd(), ".", how(flags))?);
+        }
+        check_name(at.name)?;
+        let dir = self.dir(at.dir)?;
+        Ok(openat2(dir.as_fd(), at.name, how(flags))?)
+    }
+
+    /// An `O_PATH` descriptor of the file at `at` itself (a symlink stays a symlink).
+    fn target<'a>(&'a self, at: At<'a>) -> Result<DirFd<'a>> {
+        match at.dir {
+            Dir::Root | Dir::Pinned(_) if at.name.is_empty() => self.dir(at.dir),
+            _ => self.open_at(at, OFlag::O_PATH).map(DirFd::Owned),
         }
     }
 
@@ -136,8 +177,8 @@ impl DirBackend {
     /// The file is first pinned as an `O_PATH` descriptor and checked: anything but a regular
     /// file is refused (a fifo would block the daemon, a device node would be opened by root);
     /// then that very file is opened through its descriptor's link.
-    fn open_regular(&self, rel: &Path, flags: i32, who: Caller) -> Result<OwnedFd> {
-        let target = self.resolve(rel, OFlag::O_PATH)?;
+    fn open_regular(&self, at: At<'_>, flags: i32, who: Caller) -> Result<OwnedFd> {
+        let target = self.open_at(at, OFlag::O_PATH)?;
         let mode = fstat(target.as_fd())?.st_mode;
         match FileKind::from_mode(mode) {
             Some(FileKind::File) => {}
@@ -160,14 +201,6 @@ impl DirBackend {
             as_caller(who, open)
         } else {
             open()
-        }
-    }
-
-    /// The parent directory and final name of a non-root path.
-    fn split(rel: &Path) -> Result<(&Path, &OsStr)> {
-        match (rel.parent(), rel.file_name()) {
-            (Some(parent), Some(name)) => Ok((parent, name)),
-            _ => Err(Error::invalid(libc::EINVAL)),
         }
     }
 
@@ -217,17 +250,28 @@ impl Backend for DirBackend {
         Some(self.root_mark)
     }
 
-    fn stat(&self, path: &Path) -> Result<Attr> {
-        if path.as_os_str().is_empty() {
-            return statx_attr(self.root.as_fd(), OsStr::new(""));
-        }
-        let (parent, name) = Self::split(path)?;
-        let dir = self.dir(parent)?;
-        self.stat_at(&dir, name)
+    fn pin(&self, at: At<'_>) -> Result<Option<(Pin, Attr)>> {
+        let fd = self.open_at(at, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+        let attr = statx_attr(fd.as_fd(), OsStr::new(""))?;
+        let pin = PinnedDir {
+            fd,
+            owner: self.serial,
+        };
+        Ok(Some((Arc::new(pin), attr)))
     }
 
-    fn setattr(&self, path: &Path, set: &SetAttr) -> Result<Attr> {
-        let target = self.target(path)?;
+    fn stat(&self, at: At<'_>) -> Result<Attr> {
+        if at.name.is_empty() {
+            let target = self.target(at)?;
+            return statx_attr(target.as_fd(), OsStr::new(""));
+        }
+        check_name(at.name)?;
+        let dir = self.dir(at.dir)?;
+        self.stat_at(&dir, at.name)
+    }
+
+    fn setattr(&self, at: At<'_>, set: &SetAttr) -> Result<Attr> {
+        let target = self.target(at)?;
         // The mode matters only to a change of size or owner (chmod and times need no look).
         let mode = if set.kills_privileges() {
             fstat(target.as_fd())?.st_mode
@@ -259,21 +303,14 @@ impl Backend for DirBackend {
         statx_attr(target.as_fd(), OsStr::new(""))
     }
 
-    fn readlink(&self, path: &Path) -> Result<Vec<u8>> {
-        let target = self.target(path)?;
+    fn readlink(&self, at: At<'_>) -> Result<Vec<u8>> {
+        let target = self.target(at)?;
         Ok(nix::fcntl::readlinkat(target.as_fd(), "")?.into_vec())
     }
 
-    fn mknod(
-        &self,
-        parent: &Path,
-        name: &OsStr,
-        mode: u32,
-        rdev: u32,
-        who: Caller,
-    ) -> Result<Attr> {
+    fn mknod(&self, dir: &Dir, name: &OsStr, mode: u32, rdev: u32, who: Caller) -> Result<Attr> {
         check_name(name)?;
-        let dir = self.dir(parent)?;
+        let dir = self.dir(dir)?;
         let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
         let perm = Mode::from_bits_truncate(mode & 0o7777);
         as_caller(who, || {
@@ -283,18 +320,18 @@ impl Backend for DirBackend {
         self.stat_at(&dir, name)
     }
 
-    fn mkdir(&self, parent: &Path, name: &OsStr, mode: u32, who: Caller) -> Result<Attr> {
+    fn mkdir(&self, dir: &Dir, name: &OsStr, mode: u32, who: Caller) -> Result<Attr> {
         check_name(name)?;
-        let dir = self.dir(parent)?;
+        let dir = self.dir(dir)?;
         let perm = Mode::from_bits_truncate(mode & 0o7777);
         as_caller(who, || Ok(mkdirat(dir.as_fd(), name, perm)?))?;
         self.chown_new(&dir, name, who)?;
         self.stat_at(&dir, name)
     }
 
-    fn unlink(&self, parent: &Path, name: &OsStr) -> Result<()> {
+    fn unlink(&self, dir: &Dir, name: &OsStr) -> Result<()> {
         check_name(name)?;
-        let dir = self.dir(parent)?;
+        let dir = self.dir(dir)?;
         Ok(unlinkat(
             dir.as_fd(),
             name,
@@ -302,9 +339,9 @@ impl Backend for DirBackend {
         )?)
     }
 
-    fn rmdir(&self, parent: &Path, name: &OsStr) -> Result<()> {
+    fn rmdir(&self, dir: &Dir, name: &OsStr) -> Result<()> {
         check_name(name)?;
-        let dir = self.dir(parent)?;
+        let dir = self.dir(dir)?;
         Ok(unlinkat(
             dir.as_fd(),
             name,
@@ -312,9 +349,9 @@ impl Backend for DirBackend {
         )?)
     }
 
-    fn symlink(&self, parent: &Path, name: &OsStr, target: &OsStr, who: Caller) -> Result<Attr> {
+    fn symlink(&self, dir: &Dir, name: &OsStr, target: &OsStr, who: Caller) -> Result<Attr> {
         check_name(name)?;
-        let dir = self.dir(parent)?;
+        let dir = self.dir(dir)?;
         as_caller(who, || Ok(symlinkat(target, dir.as_fd(), name)?))?;
         self.chown_new(&dir, name, who)?;
         self.stat_at(&dir, name)
@@ -322,16 +359,16 @@ impl Backend for DirBackend {
 
     fn rename(
         &self,
-        parent: &Path,
+        dir: &Dir,
         name: &OsStr,
-        new_parent: &Path,
+        new_dir: &Dir,
         new_name: &OsStr,
         flags: u32,
     ) -> Result<()> {
         check_name(name)?;
         check_name(new_name)?;
-        let from = self.dir(parent)?;
-        let to = self.dir(new_parent)?;
+        let from = self.dir(dir)?;
+        let to = self.dir(new_dir)?;
         Ok(nix::fcntl::renameat2(
             from.as_fd(),
             name,
@@ -341,23 +378,29 @@ impl Backend for DirBackend {
         )?)
     }
 
-    fn link(&self, path: &Path, new_parent: &Path, new_name: &OsStr) -> Result<Attr> {
+    fn link(&self, at: At<'_>, new_dir: &Dir, new_name: &OsStr) -> Result<Attr> {
+        check_name(at.name)?;
         check_name(new_name)?;
-        let (parent, name) = Self::split(path)?;
-        let from = self.dir(parent)?;
-        let to = self.dir(new_parent)?;
-        linkat(from.as_fd(), name, to.as_fd(), new_name, AtFlags::empty())?;
+        let from = self.dir(at.dir)?;
+        let to = self.dir(new_dir)?;
+        linkat(
+            from.as_fd(),
+            at.name,
+            to.as_fd(),
+            new_name,
+            AtFlags::empty(),
+        )?;
         self.stat_at(&to, new_name)
     }
 
-    fn open(&self, path: &Path, flags: i32, who: Caller) -> Result<Arc<dyn OpenFile>> {
-        let fd = self.open_regular(path, flags, who)?;
+    fn open(&self, at: At<'_>, flags: i32, who: Caller) -> Result<Arc<dyn OpenFile>> {
+        let fd = self.open_regular(at, flags, who)?;
         Ok(Arc::new(DirFile::new(fd)))
     }
 
     fn create(
         &self,
-        parent: &Path,
+        parent: &Dir,
         name: &OsStr,
         mode: u32,
         flags: i32,
@@ -377,7 +420,7 @@ impl Backend for DirBackend {
                 // there, unless the caller asked for exclusive creation.
                 // Already running as the caller: the open must not switch again.
                 Err(nix::errno::Errno::EEXIST) if flags & libc::O_EXCL == 0 => Ok((
-                    self.open_regular(&parent.join(name), flags, Caller::ROOT)?,
+                    self.open_regular(At { dir: parent, name }, flags, Caller::ROOT)?,
                     false,
                 )),
                 Err(e) => Err(e.into()),
@@ -391,8 +434,8 @@ impl Backend for DirBackend {
         Ok((Arc::new(file), attr))
     }
 
-    fn read_dir(&self, path: &Path) -> Result<Vec<DirEntry>> {
-        let fd = self.resolve(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+    fn read_dir(&self, at: At<'_>) -> Result<Vec<DirEntry>> {
+        let fd = self.open_at(at, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
         let mut dir = nix::dir::Dir::from_fd(fd)?;
         let mut out = Vec::new();
         let raw = dir.as_raw_fd();
@@ -440,8 +483,8 @@ impl Backend for DirBackend {
         })
     }
 
-    fn getxattr(&self, path: &Path, name: &OsStr) -> Result<Vec<u8>> {
-        let target = self.target(path)?;
+    fn getxattr(&self, at: At<'_>, name: &OsStr) -> Result<Vec<u8>> {
+        let target = self.target(at)?;
         let name = cstring(name)?;
         with_proc_path(target.as_fd(), |proc| {
             xattr_read(|buf| {
@@ -459,8 +502,8 @@ impl Backend for DirBackend {
         })
     }
 
-    fn setxattr(&self, path: &Path, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        let target = self.target(path)?;
+    fn setxattr(&self, at: At<'_>, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let target = self.target(at)?;
         let name = cstring(name)?;
         with_proc_path(target.as_fd(), |proc| {
             // SAFETY: `proc` and `name` are NUL-terminated; `value` is valid for its length.
@@ -477,8 +520,8 @@ impl Backend for DirBackend {
         })
     }
 
-    fn listxattr(&self, path: &Path) -> Result<Vec<u8>> {
-        let target = self.target(path)?;
+    fn listxattr(&self, at: At<'_>) -> Result<Vec<u8>> {
+        let target = self.target(at)?;
         with_proc_path(target.as_fd(), |proc| {
             xattr_read(|buf| {
                 // SAFETY: `proc` is NUL-terminated; `buf` is valid for its length.
@@ -487,8 +530,8 @@ impl Backend for DirBackend {
         })
     }
 
-    fn removexattr(&self, path: &Path, name: &OsStr) -> Result<()> {
-        let target = self.target(path)?;
+    fn removexattr(&self, at: At<'_>, name: &OsStr) -> Result<()> {
+        let target = self.target(at)?;
         let name = cstring(name)?;
         with_proc_path(target.as_fd(), |proc| {
             // SAFETY: both strings are NUL-terminated.
@@ -899,6 +942,11 @@ pub(crate) fn attr_from_statx(st: &libc::statx) -> Attr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Place;
+
+    fn at(p: &str) -> Place {
+        Place::of_path(Path::new(p))
+    }
 
     fn backend() -> (tempfile::TempDir, DirBackend) {
         let tmp = tempfile::tempdir().unwrap();
@@ -915,20 +963,20 @@ mod tests {
         std::fs::write(outside.join("secret"), b"x").unwrap();
         std::os::unix::fs::symlink(&outside, tmp.path().join("vol/link")).unwrap();
         // The symlink itself is visible as a symlink.
-        assert_eq!(b.stat(Path::new("link")).unwrap().kind, FileKind::Symlink);
+        assert_eq!(b.stat(at("link").at()).unwrap().kind, FileKind::Symlink);
         // Nothing beneath it is reachable: the walk refuses the symlink (ELOOP, or ENOTDIR where
         // a directory was required).
         let refused = |e: Error| assert!(matches!(e.errno(), libc::ELOOP | libc::ENOTDIR), "{e}");
-        refused(b.stat(Path::new("link/secret")).unwrap_err());
+        refused(b.stat(at("link/secret").at()).unwrap_err());
         refused(
-            b.open(Path::new("link/secret"), libc::O_RDONLY, Caller::ROOT)
+            b.open(at("link/secret").at(), libc::O_RDONLY, Caller::ROOT)
                 .err()
                 .unwrap(),
         );
-        refused(b.read_dir(Path::new("link")).unwrap_err());
+        refused(b.read_dir(at("link").at()).unwrap_err());
         refused(
             b.create(
-                Path::new("link"),
+                &Dir::Path("link".into()),
                 OsStr::new("f"),
                 0o644,
                 libc::O_RDWR,
@@ -938,7 +986,7 @@ mod tests {
             .unwrap(),
         );
         refused(
-            b.getxattr(Path::new("link/secret"), OsStr::new("user.x"))
+            b.getxattr(at("link/secret").at(), OsStr::new("user.x"))
                 .unwrap_err(),
         );
         assert!(!outside.join("f").exists());
@@ -948,14 +996,14 @@ mod tests {
     fn dotdot_and_absolute_paths_stay_beneath() {
         let (_tmp, b) = backend();
         for p in ["../outside", "/etc/passwd", "a/../../x"] {
-            let e = b.stat(Path::new(p)).unwrap_err();
+            let e = b.stat(at(p).at()).unwrap_err();
             assert!(
                 matches!(e.errno(), libc::EXDEV | libc::ENOENT | libc::EINVAL),
                 "{p}: {e}"
             );
         }
         let e = b
-            .mkdir(Path::new(""), OsStr::new(".."), 0o755, Caller::ROOT)
+            .mkdir(&Dir::Root, OsStr::new(".."), 0o755, Caller::ROOT)
             .unwrap_err();
         assert_eq!(e.errno(), libc::EINVAL);
     }
@@ -971,12 +1019,12 @@ mod tests {
             mode: Some(0o600),
             ..Default::default()
         };
-        let _ = b.setattr(Path::new("l"), &set);
+        let _ = b.setattr(at("l").at(), &set);
         let set = SetAttr {
             size: Some(0),
             ..Default::default()
         };
-        assert!(b.setattr(Path::new("l"), &set).is_err());
+        assert!(b.setattr(at("l").at(), &set).is_err());
         let after = std::fs::metadata(&outside).unwrap();
         assert_eq!(before.len(), after.len());
         assert_eq!(
@@ -992,20 +1040,20 @@ mod tests {
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o644)).unwrap();
         // Would block forever if the daemon opened it.
         let e = b
-            .open(Path::new("fifo"), libc::O_RDONLY, Caller::ROOT)
+            .open(at("fifo").at(), libc::O_RDONLY, Caller::ROOT)
             .err()
             .unwrap();
         assert_eq!(e.errno(), libc::ENXIO);
         std::fs::create_dir(tmp.path().join("vol/d")).unwrap();
         let e = b
-            .open(Path::new("d"), libc::O_RDONLY, Caller::ROOT)
+            .open(at("d").at(), libc::O_RDONLY, Caller::ROOT)
             .err()
             .unwrap();
         assert_eq!(e.errno(), libc::EISDIR);
         // create() of an existing fifo without O_EXCL does not open it either.
         let e = b
             .create(
-                Path::new(""),
+                &Dir::Root,
                 OsStr::new("fifo"),
                 0o644,
                 libc::O_RDWR,
@@ -1019,7 +1067,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            b.setattr(Path::new("fifo"), &set).unwrap_err().errno(),
+            b.setattr(at("fifo").at(), &set).unwrap_err().errno(),
             libc::EINVAL
         );
     }
@@ -1029,7 +1077,7 @@ mod tests {
         let (_tmp, b) = backend();
         let (f, attr) = b
             .create(
-                Path::new(""),
+                &Dir::Root,
                 OsStr::new("f"),
                 0o640,
                 libc::O_RDWR,
@@ -1042,7 +1090,7 @@ mod tests {
         let mut buf = [0u8; 16];
         let n = f.read_at(&mut buf, 0).unwrap();
         assert_eq!(&buf[..n], b"\0\0\0hello");
-        let names: Vec<_> = b.read_dir(Path::new("")).unwrap();
+        let names: Vec<_> = b.read_dir(at("").at()).unwrap();
         assert_eq!(names.len(), 1);
         assert_eq!(names[0].name, "f");
     }

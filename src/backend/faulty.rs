@@ -2,7 +2,8 @@
 //! block until released. For tests and drills; never configured in production.
 //!
 //! Rules match on the path an operation touches (a prefix, so `"d"` covers `d/f`; the empty
-//! path matches everything). Open files inherit the rules of the path they were opened at, so
+//! path matches everything). Pins of the wrapped backend are passed through, labelled with the
+//! path they were made at, which is what rules see for operations in that directory. Open files inherit the rules of the path they were opened at, so
 //! `fail_all(EIO)` makes a volume look dead to open handles too.
 
 use std::any::Any;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Attr, Backend, Caller, DirEntry, OpenFile, RootMark, SetAttr, StatFs};
+use super::{At, Attr, Backend, Caller, Dir, DirEntry, OpenFile, Pin, RootMark, SetAttr, StatFs};
 use crate::error::{Error, Result};
 
 /// What happens to a matching operation.
@@ -238,108 +239,151 @@ impl Backend for FaultyBackend {
     fn root_mark(&self) -> Option<RootMark> {
         self.inner.root_mark()
     }
-    fn stat(&self, path: &Path) -> Result<Attr> {
-        self.faults.check(path)?;
-        self.inner.stat(path)
+    fn pin(&self, at: At<'_>) -> Result<Option<(Pin, Attr)>> {
+        let path = path_of(at);
+        self.faults.check(&path)?;
+        let dir = inner(at.dir);
+        Ok(self.inner.pin(at.with(&dir))?.map(|(pin, attr)| {
+            let pin: Pin = Arc::new(FaultyPin { inner: pin, path });
+            (pin, attr)
+        }))
     }
-    fn setattr(&self, path: &Path, set: &SetAttr) -> Result<Attr> {
-        self.faults.check(path)?;
-        self.inner.setattr(path, set)
+    fn stat(&self, at: At<'_>) -> Result<Attr> {
+        self.faults.check(&path_of(at))?;
+        self.inner.stat(at.with(&inner(at.dir)))
     }
-    fn readlink(&self, path: &Path) -> Result<Vec<u8>> {
-        self.faults.check(path)?;
-        self.inner.readlink(path)
+    fn setattr(&self, at: At<'_>, set: &SetAttr) -> Result<Attr> {
+        self.faults.check(&path_of(at))?;
+        self.inner.setattr(at.with(&inner(at.dir)), set)
     }
-    fn mknod(
-        &self,
-        parent: &Path,
-        name: &OsStr,
-        mode: u32,
-        rdev: u32,
-        who: Caller,
-    ) -> Result<Attr> {
-        self.faults.check(&parent.join(name))?;
-        self.inner.mknod(parent, name, mode, rdev, who)
+    fn readlink(&self, at: At<'_>) -> Result<Vec<u8>> {
+        self.faults.check(&path_of(at))?;
+        self.inner.readlink(at.with(&inner(at.dir)))
     }
-    fn mkdir(&self, parent: &Path, name: &OsStr, mode: u32, who: Caller) -> Result<Attr> {
-        self.faults.check(&parent.join(name))?;
-        self.inner.mkdir(parent, name, mode, who)
+    fn mknod(&self, dir: &Dir, name: &OsStr, mode: u32, rdev: u32, who: Caller) -> Result<Attr> {
+        self.faults.check(&path_of(At { dir, name }))?;
+        self.inner.mknod(&inner(dir), name, mode, rdev, who)
     }
-    fn unlink(&self, parent: &Path, name: &OsStr) -> Result<()> {
-        self.faults.check(&parent.join(name))?;
-        self.inner.unlink(parent, name)
+    fn mkdir(&self, dir: &Dir, name: &OsStr, mode: u32, who: Caller) -> Result<Attr> {
+        self.faults.check(&path_of(At { dir, name }))?;
+        self.inner.mkdir(&inner(dir), name, mode, who)
     }
-    fn rmdir(&self, parent: &Path, name: &OsStr) -> Result<()> {
-        self.faults.check(&parent.join(name))?;
-        self.inner.rmdir(parent, name)
+    fn unlink(&self, dir: &Dir, name: &OsStr) -> Result<()> {
+        self.faults.check(&path_of(At { dir, name }))?;
+        self.inner.unlink(&inner(dir), name)
     }
-    fn symlink(&self, parent: &Path, name: &OsStr, target: &OsStr, who: Caller) -> Result<Attr> {
-        self.faults.check(&parent.join(name))?;
-        self.inner.symlink(parent, name, target, who)
+    fn rmdir(&self, dir: &Dir, name: &OsStr) -> Result<()> {
+        self.faults.check(&path_of(At { dir, name }))?;
+        self.inner.rmdir(&inner(dir), name)
+    }
+    fn symlink(&self, dir: &Dir, name: &OsStr, target: &OsStr, who: Caller) -> Result<Attr> {
+        self.faults.check(&path_of(At { dir, name }))?;
+        self.inner.symlink(&inner(dir), name, target, who)
     }
     fn rename(
         &self,
-        parent: &Path,
+        dir: &Dir,
         name: &OsStr,
-        new_parent: &Path,
+        new_dir: &Dir,
         new_name: &OsStr,
         flags: u32,
     ) -> Result<()> {
-        self.faults.check(&parent.join(name))?;
-        self.faults.check(&new_parent.join(new_name))?;
-        self.inner.rename(parent, name, new_parent, new_name, flags)
+        self.faults.check(&path_of(At { dir, name }))?;
+        self.faults.check(&path_of(At {
+            dir: new_dir,
+            name: new_name,
+        }))?;
+        self.inner
+            .rename(&inner(dir), name, &inner(new_dir), new_name, flags)
     }
-    fn link(&self, path: &Path, new_parent: &Path, new_name: &OsStr) -> Result<Attr> {
-        self.faults.check(path)?;
-        self.inner.link(path, new_parent, new_name)
+    fn link(&self, at: At<'_>, new_dir: &Dir, new_name: &OsStr) -> Result<Attr> {
+        self.faults.check(&path_of(at))?;
+        self.inner
+            .link(at.with(&inner(at.dir)), &inner(new_dir), new_name)
     }
-    fn open(&self, path: &Path, flags: i32, who: Caller) -> Result<Arc<dyn OpenFile>> {
-        self.faults.check(path)?;
-        let f = self.inner.open(path, flags, who)?;
-        Ok(FaultyFile::wrap(f, path, &self.faults))
+    fn open(&self, at: At<'_>, flags: i32, who: Caller) -> Result<Arc<dyn OpenFile>> {
+        let path = path_of(at);
+        self.faults.check(&path)?;
+        let f = self.inner.open(at.with(&inner(at.dir)), flags, who)?;
+        Ok(FaultyFile::wrap(f, &path, &self.faults))
     }
     fn create(
         &self,
-        parent: &Path,
+        dir: &Dir,
         name: &OsStr,
         mode: u32,
         flags: i32,
         who: Caller,
     ) -> Result<(Arc<dyn OpenFile>, Attr)> {
-        let path = parent.join(name);
+        let path = path_of(At { dir, name });
         self.faults.check(&path)?;
-        let (f, attr) = self.inner.create(parent, name, mode, flags, who)?;
+        let (f, attr) = self.inner.create(&inner(dir), name, mode, flags, who)?;
         Ok((FaultyFile::wrap(f, &path, &self.faults), attr))
     }
-    fn read_dir(&self, path: &Path) -> Result<Vec<DirEntry>> {
-        self.faults.check(path)?;
-        self.inner.read_dir(path)
+    fn read_dir(&self, at: At<'_>) -> Result<Vec<DirEntry>> {
+        self.faults.check(&path_of(at))?;
+        self.inner.read_dir(at.with(&inner(at.dir)))
     }
     fn statfs(&self) -> Result<StatFs> {
         self.faults.check(Path::new(""))?;
         self.inner.statfs()
     }
-    fn getxattr(&self, path: &Path, name: &OsStr) -> Result<Vec<u8>> {
-        self.faults.check(path)?;
-        self.inner.getxattr(path, name)
+    fn getxattr(&self, at: At<'_>, name: &OsStr) -> Result<Vec<u8>> {
+        self.faults.check(&path_of(at))?;
+        self.inner.getxattr(at.with(&inner(at.dir)), name)
     }
-    fn setxattr(&self, path: &Path, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        self.faults.check(path)?;
-        self.inner.setxattr(path, name, value, flags)
+    fn setxattr(&self, at: At<'_>, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.faults.check(&path_of(at))?;
+        self.inner
+            .setxattr(at.with(&inner(at.dir)), name, value, flags)
     }
-    fn listxattr(&self, path: &Path) -> Result<Vec<u8>> {
-        self.faults.check(path)?;
-        self.inner.listxattr(path)
+    fn listxattr(&self, at: At<'_>) -> Result<Vec<u8>> {
+        self.faults.check(&path_of(at))?;
+        self.inner.listxattr(at.with(&inner(at.dir)))
     }
-    fn removexattr(&self, path: &Path, name: &OsStr) -> Result<()> {
-        self.faults.check(path)?;
-        self.inner.removexattr(path, name)
+    fn removexattr(&self, at: At<'_>, name: &OsStr) -> Result<()> {
+        self.faults.check(&path_of(at))?;
+        self.inner.removexattr(at.with(&inner(at.dir)), name)
     }
+}
+
+/// A pin of the wrapped backend, with the path it was made at: what rules match on for
+/// operations in that directory (rules are for tests; a directory moved since keeps its old
+/// path here).
+struct FaultyPin {
+    inner: Pin,
+    path: PathBuf,
+}
+
+/// The directory to hand the wrapped backend.
+fn inner(dir: &Dir) -> Dir {
+    match dir {
+        Dir::Pinned(pin) => match pin.downcast_ref::<FaultyPin>() {
+            Some(p) => Dir::Pinned(p.inner.clone()),
+            None => dir.clone(),
+        },
+        _ => dir.clone(),
+    }
+}
+
+/// The path rules match on.
+fn path_of(at: At<'_>) -> PathBuf {
+    if let Dir::Pinned(pin) = at.dir
+        && let Some(p) = pin.downcast_ref::<FaultyPin>()
+    {
+        return if at.name.is_empty() {
+            p.path.clone()
+        } else {
+            p.path.join(at.name)
+        };
+    }
+    at.path().unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Place;
     use crate::backend::dir::DirBackend;
 
     #[test]
@@ -353,10 +397,15 @@ mod tests {
             faults.clone(),
         );
         faults.add("d", Fault::Fail(libc::EIO));
-        assert_eq!(b.stat(Path::new("d/f")).unwrap_err().errno(), libc::EIO);
-        assert!(b.stat(Path::new("")).is_ok());
+        assert_eq!(
+            b.stat(Place::of_path(Path::new("d/f")).at())
+                .unwrap_err()
+                .errno(),
+            libc::EIO
+        );
+        assert!(b.stat(At::root()).is_ok());
         faults.clear();
-        assert!(b.stat(Path::new("d/f")).is_ok());
+        assert!(b.stat(Place::of_path(Path::new("d/f")).at()).is_ok());
         assert_eq!(faults.hits(), 1);
     }
 
@@ -370,7 +419,7 @@ mod tests {
         ));
         faults.add("", Fault::Block);
         let b2 = b.clone();
-        let t = std::thread::spawn(move || b2.stat(Path::new("")).is_ok());
+        let t = std::thread::spawn(move || b2.stat(At::root()).is_ok());
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while faults.blocked() == 0 {
             assert!(std::time::Instant::now() < deadline);

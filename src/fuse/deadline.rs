@@ -466,9 +466,13 @@ impl Deadlines {
             let (op, ino) = (r.op, r.ino);
             let reply = r.reply.take();
             drop(r);
+            // The alarm first: whoever sees the error may ask at once whether the volume is
+            // being probed.
+            (self.on_overrun)();
             if let Some(reply) = reply {
-                reply.fail(self.errno);
+                // Counted before the answer, which anyone watching may act on at once.
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
+                reply.fail(self.errno);
                 match super::WARNINGS.admit() {
                     Some(suppressed) => tracing::warn!(
                         op,
@@ -481,7 +485,6 @@ impl Deadlines {
                     None => tracing::debug!(op, ino, "operation overran op_timeout"),
                 }
             }
-            (self.on_overrun)();
         }
     }
 }
