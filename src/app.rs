@@ -602,14 +602,14 @@ fn raise_open_file_limit() {
             Ok(()) => tracing::info!(
                 from = soft,
                 to = hard,
-                directory_pins = crate::vfs::pin_limit(),
+                directory_pins = crate::namespace::pin_limit(),
                 "raised the open file limit"
             ),
             Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open file limit"),
         },
         Ok((soft, _)) => tracing::info!(
             limit = soft,
-            directory_pins = crate::vfs::pin_limit(),
+            directory_pins = crate::namespace::pin_limit(),
             "open file limit"
         ),
         Err(e) => tracing::warn!(error = %e, "cannot read the open file limit"),

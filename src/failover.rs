@@ -494,15 +494,10 @@ impl Controller {
             return Outcome::NoTarget;
         };
         let generation = old.generation() + 1;
-        // Backend identities of the old volume mean nothing on the new one, and names that were
-        // hard links there must be looked up again.
-        self.vfs
-            .inodes()
-            .begin_generation(generation, volume.backend.root_id());
-        let detached = self.vfs.inodes().detach_extra_links();
-        // Before anything runs on the new volume: handles that wrote on the old one must not
-        // follow (see `crate::handles`). Only handle locks, never I/O: the files are closed later.
-        let left = self.vfs.leave_old(generation, &volume);
+        // The namespace forgets the old volume's identities, pins and extra link names, and
+        // turns stale the handles that wrote there; table locks only, never I/O.
+        let prepared = self.vfs.namespace().prepare(generation, &volume);
+        let left = prepared.left;
         self.router
             .publish(Route::serving(generation, volume.clone()));
         entry.swap = t0.elapsed();
@@ -520,7 +515,7 @@ impl Controller {
         let counted = Arc::new(AtomicU64::new(0));
         // Inodes written on the old volume first: their cached pages must not outlive the switch.
         let invalidation =
-            self.invalidate_kernel_caches(left.wrote.clone(), detached, counted.clone());
+            self.invalidate_kernel_caches(left.wrote.clone(), prepared.detached, counted.clone());
         let finished = tokio::select! {
             r = tokio::time::timeout(limit, invalidation) => r.is_ok(),
             _ = &mut forced => false,
@@ -536,21 +531,14 @@ impl Controller {
         entry.invalidate = t1.elapsed();
         let vfs = self.vfs.clone();
         let v = volume.clone();
-        let stale = tokio::task::spawn_blocking(move || {
-            // Operations of the old route still running at the drain deadline may have opened or
-            // written since the first sweep: sweep again.
-            let late = vfs.leave_old(generation, &v);
-            let mut wrote = left.wrote;
-            wrote.extend(late.wrote);
-            let wrote = vfs.paths_of(&wrote);
-            let released = (left.files.len() + late.files.len()) as u64;
-            // Closing may block on a dead volume: here, bounded, not before the publish.
-            drop((left.files, late.files));
-            (wrote, released, vfs.handles_missing_on(&v))
-        });
-        if let Ok(Ok((wrote, released, missing))) = tokio::time::timeout(limit, stale).await {
-            entry.released = released;
-            entry.stale_handles = missing;
+        // Closing the old volume's files may block on a dead volume: here, bounded, not before
+        // the publish.
+        let settled =
+            tokio::task::spawn_blocking(move || vfs.namespace().settle(generation, &v, left));
+        if let Ok(Ok(settled)) = tokio::time::timeout(limit, settled).await {
+            let wrote = settled.wrote;
+            entry.released = settled.released;
+            entry.stale_handles = settled.missing;
             entry.writes_left_total = wrote.len() as u64;
             entry.writes_left = wrote
                 .iter()
@@ -582,7 +570,7 @@ impl Controller {
     /// reopens the gate this way).
     pub fn reopen(&self, generation: u64, volume: Arc<Volume>) {
         // Same volume: backend identities stay valid, and open handles keep their files.
-        self.vfs.inodes().carry_generation(generation);
+        self.vfs.namespace().carry(generation);
         self.router.publish(Route::serving(generation, volume));
     }
 
@@ -615,7 +603,7 @@ impl Controller {
                     }
                 }
             }
-            for ino in first.into_iter().chain(vfs.inodes().known()) {
+            for ino in first.into_iter().chain(vfs.namespace().known()) {
                 match cache.invalidate_inode(ino) {
                     Ok(()) => {
                         done.fetch_add(1, Ordering::Relaxed);

@@ -37,6 +37,7 @@ pub mod handles;
 pub mod inode;
 pub mod metrics;
 pub mod monitor;
+pub mod namespace;
 pub mod probe;
 pub mod routing;
 pub mod vfs;

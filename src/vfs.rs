@@ -2,8 +2,9 @@
 //!
 //! The FUSE adapter ([`crate::fuse`]) turns kernel requests into calls on [`Vfs`] and the results
 //! into replies; nothing here knows fuser. Each operation takes exactly one route snapshot
-//! ([`Router::enter`]), resolves inode numbers to paths through the [`InodeTable`], and calls the
-//! route's backend.
+//! ([`Router::enter`]), finds the directory and name an inode stands for on that route's volume
+//! through the [`Namespace`] (which owns the inode and handle tables and their rules), and calls
+//! the route's backend.
 //!
 //! Invariants:
 //! - One route per operation: an operation never mixes two volumes. Open handles re-bind to the
@@ -14,19 +15,16 @@
 //! - The inode table changes only after the backend agreed (a failed rename leaves it alone).
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::backend::{At, Attr, Caller, Dir, FileKind, OpenFile, Place, SetAttr, StatFs};
+use crate::backend::{At, Attr, Caller, FileKind, OpenFile, SetAttr, StatFs};
 use crate::error::{Error, Kind, Result};
-use crate::handles::{
-    Epoch, FileHandle, Handle, HandleTable, LeftBehind, Listed, Reopen, StaleWhy,
-};
-use crate::inode::{InodeTable, MAX_DEPTH, Name, ROOT, Seen};
-use crate::routing::{Router, Ticket, Volume};
+use crate::handles::{Epoch, FileHandle, Handle, HandleTable, Listed};
+use crate::inode::InodeTable;
+use crate::namespace::{Namespace, itself};
+use crate::routing::{Router, Ticket};
 use crate::writes::WritesInFlight;
-use smallvec::SmallVec;
 
 /// A file as the kernel sees it: our inode number and the backend's attributes.
 #[derive(Clone, Copy, Debug)]
@@ -89,8 +87,7 @@ const UNKNOWN_INO: u64 = 0xffff_ffff;
 /// The logical volume; see the module docs.
 pub struct Vfs {
     router: Arc<Router>,
-    inodes: InodeTable,
-    handles: HandleTable,
+    ns: Namespace,
     opts: VfsOptions,
     retried: AtomicU64,
     alarm: Arc<tokio::sync::Notify>,
@@ -102,13 +99,10 @@ impl Vfs {
     /// A logical volume routed by `router`.
     pub fn new(router: Arc<Router>, opts: VfsOptions) -> Vfs {
         let route = router.current();
-        let inodes = InodeTable::new();
-        inodes.begin_generation(route.generation(), route.volume().backend.root_id());
-        inodes.set_pin_limit(pin_limit());
+        let ns = Namespace::new(route.generation(), route.volume());
         Vfs {
             router,
-            inodes,
-            handles: HandleTable::new(),
+            ns,
             opts,
             retried: AtomicU64::new(0),
             alarm: Arc::new(tokio::sync::Notify::new()),
@@ -140,65 +134,24 @@ impl Vfs {
         self.retried.load(Ordering::Relaxed)
     }
 
-    /// After a switch to `volume` under `generation`: let go of the old volume's files and
-    /// directory pins, and turn stale the handles that wrote there (see [`crate::handles`]). Idempotent: the switch runs
-    /// it before the publish, and once more after, for operations of the old route that were
-    /// still running.
-    pub fn leave_old(&self, generation: u64, volume: &Volume) -> LeftBehind {
-        // Directories pinned on the old volume: no descriptor may stay there.
-        self.inodes.release_pins(volume.serial());
-        self.handles.leave_old(Epoch {
-            generation,
-            volume: volume.serial(),
-            index: volume.index,
-        })
-    }
-
-    /// The paths of `inos`, sorted, once each (an inode with no path is named by number).
-    pub fn paths_of(&self, inos: &[u64]) -> Vec<PathBuf> {
-        let mut paths: Vec<PathBuf> = inos
-            .iter()
-            .map(|&ino| {
-                self.inodes
-                    .path(ino)
-                    .unwrap_or_else(|_| PathBuf::from(format!("<unlinked inode {ino}>")))
-            })
-            .collect();
-        paths.sort();
-        paths.dedup();
-        paths
-    }
-
-    /// Open file handles whose file does not exist on `volume` (they will answer the stale errno
-    /// once used there).
-    pub fn handles_missing_on(&self, volume: &Volume) -> u64 {
-        let mut missing = 0;
-        self.handles.for_each_file(|ino| {
-            let gone = match self.inodes.path(ino) {
-                Ok(path) => {
-                    let place = Place::of_path(&path);
-                    matches!(volume.backend.stat(place.at()), Err(e) if e.errno() == libc::ENOENT)
-                }
-                Err(_) => true,
-            };
-            missing += gone as u64;
-        });
-        missing
-    }
-
     /// The routing handle.
     pub fn router(&self) -> &Arc<Router> {
         &self.router
     }
 
+    /// The namespace: inode and handle tables and the rules that tie them to routes.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
     /// The inode table.
     pub fn inodes(&self) -> &InodeTable {
-        &self.inodes
+        &self.ns.inodes
     }
 
     /// The handle table.
     pub fn handles(&self) -> &HandleTable {
-        &self.handles
+        &self.ns.handles
     }
 
     /// Run `f` on the current route; retry once on the next route when it is safe and the
@@ -263,7 +216,7 @@ impl Vfs {
         match retry {
             Retry::Safe => true,
             Retry::Never => false,
-            Retry::Write(fh) => match self.handles.get(fh).as_deref() {
+            Retry::Write(fh) => match self.ns.handles.get(fh).as_deref() {
                 Some(Handle::File(h)) => h.flags & libc::O_APPEND == 0,
                 _ => true,
             },
@@ -275,141 +228,6 @@ impl Vfs {
             Err(Error::posix(libc::EROFS))
         } else {
             Ok(())
-        }
-    }
-
-    fn entry(&self, t: &Ticket, parent: u64, name: &OsStr, attr: Attr) -> Result<Entry> {
-        let ino =
-            self.inodes
-                .lookup(parent, name, attr.kind, attr.id, attr.nlink, t.generation())?;
-        Ok(Entry { ino, attr })
-    }
-
-    /// The path of `ino` on ticket `t`'s volume, checked: `check` runs on it and returns what it
-    /// made of the file there with the file's attributes. When the name no longer holds the file
-    /// (gone, or another file took it) the next name of the file is tried (hard links); with
-    /// none left, `ESTALE`. The kernel answers `ESTALE` from a path-based call (open, stat,
-    /// chmod, ...) by looking the name up again, bypassing its caches: the application then gets
-    /// the file the name holds now, or `ENOENT`, never the wrong file and never a stale `ENOENT`
-    /// for a file that was renamed by another client and is back. A node last seen under an
-    /// earlier generation (before a switch) accepts what the new volume has.
-    fn checked<T>(
-        &self,
-        t: &Ticket,
-        ino: u64,
-        mut check: impl FnMut(At<'_>) -> Result<(T, Attr)>,
-    ) -> Result<(Place, T)> {
-        loop {
-            if let Some(pin) = self.inodes.pinned(ino, t.volume().serial()) {
-                // A pinned directory is that very directory: nothing to check.
-                let place = itself(Dir::Pinned(pin));
-                let (v, _) = check(place.at())?;
-                return Ok((place, v));
-            }
-            let (place, known) = self.inodes.place(ino)?;
-            let place = match place {
-                None => itself(Dir::Root),
-                Some((parent, name)) => Place {
-                    dir: self.dir_of(t, parent)?,
-                    name,
-                },
-            };
-            match check(place.at()) {
-                Ok((v, attr)) => match known {
-                    Some((generation, id)) if generation == t.generation() && id != attr.id => {}
-                    _ => return Ok((place, v)),
-                },
-                Err(e) if e.errno() == libc::ENOENT && ino != ROOT => {}
-                Err(e) => return Err(e),
-            }
-            if self.inodes.places(ino) > 1 {
-                self.inodes.drop_first_place(ino);
-                continue;
-            }
-            return Err(Error::posix(libc::ESTALE));
-        }
-    }
-
-    /// The checked place of `ino` (see [`Vfs::checked`]) and the file's attributes there.
-    fn located(&self, t: &Ticket, ino: u64) -> Result<(Place, Attr)> {
-        let backend = &t.volume().backend;
-        self.checked(t, ino, |at| backend.stat(at).map(|a| (a, a)))
-    }
-
-    /// Where `ino` is on ticket `t`'s volume, unchecked: a pinned directory itself, else its
-    /// first name in its parent directory.
-    fn place_of(&self, t: &Ticket, ino: u64) -> Result<Place> {
-        if let Some(pin) = self.inodes.pinned(ino, t.volume().serial()) {
-            return Ok(itself(Dir::Pinned(pin)));
-        }
-        Ok(match self.inodes.place(ino)?.0 {
-            None => itself(Dir::Root),
-            Some((parent, name)) => Place {
-                dir: self.dir_of(t, parent)?,
-                name,
-            },
-        })
-    }
-
-    /// Directory `ino` on ticket `t`'s volume, for an operation in it: its pin when the backend
-    /// pins (made now, with its ancestors', when the node holds none for this volume), else its
-    /// path. A directory whose name now holds another directory is `ESTALE` (the kernel looks
-    /// the name up again).
-    fn dir_of(&self, t: &Ticket, ino: u64) -> Result<Dir> {
-        let volume = t.volume();
-        let serial = volume.serial();
-        // Walk up to the nearest pinned directory (or the root), then pin back down.
-        let mut chain: SmallVec<[(u64, Name, Seen); 8]> = SmallVec::new();
-        let mut cur = ino;
-        let mut dir = loop {
-            if let Some(pin) = self.inodes.pinned(cur, serial) {
-                break Dir::Pinned(pin);
-            }
-            match self.inodes.place(cur)? {
-                (None, _) => break Dir::Root,
-                (Some((parent, name)), known) => {
-                    if chain.len() >= MAX_DEPTH {
-                        return Err(Error::invalid(libc::ELOOP));
-                    }
-                    chain.push((cur, name, known));
-                    cur = parent;
-                }
-            }
-        };
-        while let Some((node, name, known)) = chain.pop() {
-            let at = At {
-                dir: &dir,
-                name: &name,
-            };
-            let Some((pin, attr)) = volume.backend.pin(at)? else {
-                // A backend without pins: by path.
-                dir = Dir::Path(at.path().ok_or(Error::invalid(libc::EINVAL))?);
-                continue;
-            };
-            if let Some((generation, id)) = known
-                && generation == t.generation()
-                && id != attr.id
-            {
-                return Err(Error::posix(libc::ESTALE));
-            }
-            self.inodes.set_pin(node, serial, pin.clone());
-            dir = Dir::Pinned(pin);
-        }
-        Ok(dir)
-    }
-
-    /// A directory just found at `name` in `dir` (lookup, mkdir): pin it while its identity is
-    /// known to be the one the kernel was told, so that a later rename by another client cannot
-    /// redirect operations in it.
-    fn pin_found(&self, t: &Ticket, dir: &Dir, name: &OsStr, entry: &Entry) {
-        let serial = t.volume().serial();
-        if entry.attr.kind != FileKind::Dir || self.inodes.pinned(entry.ino, serial).is_some() {
-            return;
-        }
-        if let Ok(Some((pin, attr))) = t.volume().backend.pin(At { dir, name })
-            && attr.id == entry.attr.id
-        {
-            self.inodes.set_pin(entry.ino, serial, pin);
         }
     }
 
@@ -426,7 +244,7 @@ impl Vfs {
     }
 
     fn bound_file(&self, t: &Ticket, fh: u64, change: bool) -> Result<Arc<dyn OpenFile>> {
-        let h = self.handles.file(fh)?;
+        let h = self.ns.handles.file(fh)?;
         let Handle::File(h) = &*h else {
             return Err(Error::invalid(libc::EBADF));
         };
@@ -440,13 +258,21 @@ impl Vfs {
         change: bool,
     ) -> Result<Arc<dyn OpenFile>> {
         h.file(epoch(t), self.opts.stale_errno, change, |from| {
-            self.reopen(t, h, from)
+            self.ns.reopen(t, h, from)
         })
+    }
+
+    /// The inode of file handle `fh`.
+    fn ino_of(&self, fh: u64) -> Result<u64> {
+        match &*self.ns.handles.file(fh)? {
+            Handle::File(h) => Ok(h.ino),
+            Handle::Dir(_) => Err(Error::invalid(libc::EBADF)),
+        }
     }
 
     /// The open file behind `fh`.
     fn open_file(&self, fh: u64) -> Result<Arc<Handle>> {
-        let h = self.handles.file(fh)?;
+        let h = self.ns.handles.file(fh)?;
         match &*h {
             Handle::File(_) => Ok(h),
             Handle::Dir(_) => Err(Error::invalid(libc::EBADF)),
@@ -465,17 +291,17 @@ impl Vfs {
             return Err(Error::posix(libc::ENOENT));
         }
         self.run(Retry::Safe, |t| {
-            let dir = self.dir_of(t, parent)?;
+            let dir = self.ns.dir_of(t, parent)?;
             let attr = t.volume().backend.stat(At { dir: &dir, name })?;
-            let entry = self.entry(t, parent, name, attr)?;
-            self.pin_found(t, &dir, name, &entry);
+            let entry = self.ns.entry(t, parent, name, attr)?;
+            self.ns.pin_found(t, &dir, name, &entry);
             Ok(entry)
         })
     }
 
     /// `forget`: the kernel dropped `n` references.
     pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes.forget(ino, n);
+        self.ns.inodes.forget(ino, n);
     }
 
     /// `getattr`.
@@ -490,12 +316,13 @@ impl Vfs {
                     Err(_) => {}
                 }
             }
-            match self.located(t, ino) {
+            match self.ns.located(t, ino) {
                 Ok((_, attr)) => Ok(attr),
                 // Unlinked, or its name taken by another file, but still open: ask an open file
                 // of this volume.
                 Err(e) => {
                     match self
+                        .ns
                         .handles
                         .any_file_of(ino, epoch(t), self.opts.stale_errno, false)
                     {
@@ -516,15 +343,18 @@ impl Vfs {
             if let Some(fh) = fh {
                 return self.file_to_change(t, fh)?.setattr(set);
             }
-            match self.located(t, ino) {
+            match self.ns.located(t, ino) {
                 Ok((place, _)) => t.volume().backend.setattr(place.at(), set),
-                Err(e) => match self
-                    .handles
-                    .any_file_of(ino, epoch(t), self.opts.stale_errno, true)
-                {
-                    Some(file) => file?.setattr(set),
-                    None => Err(e),
-                },
+                Err(e) => {
+                    match self
+                        .ns
+                        .handles
+                        .any_file_of(ino, epoch(t), self.opts.stale_errno, true)
+                    {
+                        Some(file) => file?.setattr(set),
+                        None => Err(e),
+                    }
+                }
             }
         })
     }
@@ -532,7 +362,7 @@ impl Vfs {
     /// `readlink`.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         self.run(Retry::Safe, |t| {
-            t.volume().backend.readlink(self.place_of(t, ino)?.at())
+            t.volume().backend.readlink(self.ns.place_of(t, ino)?.at())
         })
     }
 
@@ -546,19 +376,19 @@ impl Vfs {
         who: Caller,
     ) -> Result<Entry> {
         self.change(Retry::Never, |t| {
-            let dir = self.dir_of(t, parent)?;
+            let dir = self.ns.dir_of(t, parent)?;
             let attr = t.volume().backend.mknod(&dir, name, mode, rdev, who)?;
-            self.entry(t, parent, name, attr)
+            self.ns.entry(t, parent, name, attr)
         })
     }
 
     /// `mkdir`.
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, who: Caller) -> Result<Entry> {
         self.change(Retry::Never, |t| {
-            let dir = self.dir_of(t, parent)?;
+            let dir = self.ns.dir_of(t, parent)?;
             let attr = t.volume().backend.mkdir(&dir, name, mode, who)?;
-            let entry = self.entry(t, parent, name, attr)?;
-            self.pin_found(t, &dir, name, &entry);
+            let entry = self.ns.entry(t, parent, name, attr)?;
+            self.ns.pin_found(t, &dir, name, &entry);
             Ok(entry)
         })
     }
@@ -566,8 +396,10 @@ impl Vfs {
     /// `unlink`.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
         self.change(Retry::Never, |t| {
-            t.volume().backend.unlink(&self.dir_of(t, parent)?, name)?;
-            self.inodes.unlink(parent, name);
+            t.volume()
+                .backend
+                .unlink(&self.ns.dir_of(t, parent)?, name)?;
+            self.ns.inodes.unlink(parent, name);
             Ok(())
         })
     }
@@ -575,8 +407,10 @@ impl Vfs {
     /// `rmdir`.
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
         self.change(Retry::Never, |t| {
-            t.volume().backend.rmdir(&self.dir_of(t, parent)?, name)?;
-            self.inodes.unlink(parent, name);
+            t.volume()
+                .backend
+                .rmdir(&self.ns.dir_of(t, parent)?, name)?;
+            self.ns.inodes.unlink(parent, name);
             Ok(())
         })
     }
@@ -584,9 +418,9 @@ impl Vfs {
     /// `symlink`: the target is stored verbatim.
     pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, who: Caller) -> Result<Entry> {
         self.change(Retry::Never, |t| {
-            let dir = self.dir_of(t, parent)?;
+            let dir = self.ns.dir_of(t, parent)?;
             let attr = t.volume().backend.symlink(&dir, name, target, who)?;
-            self.entry(t, parent, name, attr)
+            self.ns.entry(t, parent, name, attr)
         })
     }
 
@@ -600,13 +434,14 @@ impl Vfs {
         flags: u32,
     ) -> Result<()> {
         self.change(Retry::Never, |t| {
-            let from = self.dir_of(t, parent)?;
-            let to = self.dir_of(t, new_parent)?;
+            let from = self.ns.dir_of(t, parent)?;
+            let to = self.ns.dir_of(t, new_parent)?;
             t.volume()
                 .backend
                 .rename(&from, name, &to, new_name, flags)?;
             let exchange = flags & libc::RENAME_EXCHANGE != 0;
-            self.inodes
+            self.ns
+                .inodes
                 .rename(parent, name, new_parent, new_name, exchange);
             Ok(())
         })
@@ -615,10 +450,10 @@ impl Vfs {
     /// `link`: a new name for `ino`.
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> Result<Entry> {
         self.change(Retry::Never, |t| {
-            let place = self.place_of(t, ino)?;
-            let dir = self.dir_of(t, new_parent)?;
+            let place = self.ns.place_of(t, ino)?;
+            let dir = self.ns.dir_of(t, new_parent)?;
             let attr = t.volume().backend.link(place.at(), &dir, new_name)?;
-            self.entry(t, new_parent, new_name, attr)
+            self.ns.entry(t, new_parent, new_name, attr)
         })
     }
 
@@ -629,7 +464,7 @@ impl Vfs {
         }
         self.run(Retry::Never, |t| {
             let backend = &t.volume().backend;
-            let (_, (file, attr)) = self.checked(t, ino, |at| {
+            let (_, (file, attr)) = self.ns.checked(t, ino, |at| {
                 let file = backend.open(at, flags, who)?;
                 let attr = file.stat()?;
                 Ok(((file, attr), attr))
@@ -637,6 +472,7 @@ impl Vfs {
             let truncated = flags & libc::O_TRUNC != 0;
             let opened_as = self.opened_as(&attr);
             Ok(self
+                .ns
                 .handles
                 .open_file(ino, flags, epoch(t), file, truncated, opened_as))
         })
@@ -652,11 +488,12 @@ impl Vfs {
         who: Caller,
     ) -> Result<(Entry, u64)> {
         self.change(Retry::Never, |t| {
-            let dir = self.dir_of(t, parent)?;
+            let dir = self.ns.dir_of(t, parent)?;
             let (file, attr) = t.volume().backend.create(&dir, name, mode, flags, who)?;
-            let entry = self.entry(t, parent, name, attr)?;
+            let entry = self.ns.entry(t, parent, name, attr)?;
             let opened_as = self.opened_as(&attr);
             let fh = self
+                .ns
                 .handles
                 .open_file(entry.ino, flags, epoch(t), file, true, opened_as);
             Ok((entry, fh))
@@ -716,12 +553,15 @@ impl Vfs {
 
     /// `release`: the last reference to the handle is gone.
     pub fn release(&self, fh: u64) {
-        self.handles.remove(fh);
+        self.ns.handles.remove(fh);
     }
 
     /// `fallocate`.
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32, who: Caller) -> Result<()> {
+        let ino = self.ino_of(fh)?;
         self.change(Retry::Never, |t| {
+            // Punching or zeroing a range changes its bytes like a write does.
+            let _writing = self.writing.begin(ino, offset, len);
             self.file_to_change(t, fh)?.allocate(offset, len, mode, who)
         })
     }
@@ -741,7 +581,9 @@ impl Vfs {
         len: u64,
         who: Caller,
     ) -> Result<usize> {
+        let ino_out = self.ino_of(fh_out)?;
         self.change(Retry::Never, |t| {
+            let _writing = self.writing.begin(ino_out, off_out, len);
             let src = self.file_of(t, fh_in)?;
             let dst = self.file_to_change(t, fh_out)?;
             src.copy_range(off_in, dst.as_ref(), off_out, len, who)
@@ -751,17 +593,17 @@ impl Vfs {
     /// `opendir`.
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         self.run(Retry::Safe, |t| {
-            let attr = t.volume().backend.stat(self.place_of(t, ino)?.at())?;
+            let attr = t.volume().backend.stat(self.ns.place_of(t, ino)?.at())?;
             if attr.kind != FileKind::Dir {
                 return Err(Error::posix(libc::ENOTDIR));
             }
-            Ok(self.handles.open_dir(ino))
+            Ok(self.ns.handles.open_dir(ino))
         })
     }
 
     /// `releasedir`.
     pub fn releasedir(&self, fh: u64) {
-        self.handles.remove(fh);
+        self.ns.handles.remove(fh);
     }
 
     /// `readdir` / `readdirplus` from `offset`: hands items to `sink` until it reports the reply
@@ -775,7 +617,7 @@ impl Vfs {
         plus: bool,
         sink: &mut dyn FnMut(DirItem<'_>) -> bool,
     ) -> Result<()> {
-        let Some(h) = self.handles.get(fh) else {
+        let Some(h) = self.ns.handles.get(fh) else {
             return Err(Error::invalid(libc::EBADF));
         };
         let Handle::Dir(dir) = &*h else {
@@ -784,7 +626,7 @@ impl Vfs {
         let mut added = 0usize;
         self.run(Retry::Safe, |t| {
             let listing = dir.listing(offset, || {
-                let place = itself(self.dir_of(t, ino)?);
+                let place = itself(self.ns.dir_of(t, ino)?);
                 let mut out = Vec::new();
                 out.push(Listed {
                     name: ".".into(),
@@ -837,7 +679,7 @@ impl Vfs {
     ) -> Result<()> {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         let dir = if plus {
-            Some(self.dir_of(t, ino)?)
+            Some(self.ns.dir_of(t, ino)?)
         } else {
             None
         };
@@ -846,7 +688,7 @@ impl Vfs {
             let dots = i < 2;
             let fixed_ino = match i {
                 0 => Some(ino),
-                1 => Some(self.inodes.parent(ino)),
+                1 => Some(self.ns.inodes.parent(ino)),
                 _ => None,
             };
             let (ino_of_item, kind, entry) = match (&dir, fixed_ino) {
@@ -862,14 +704,15 @@ impl Vfs {
                         // `.` and `..` are not counted as lookups.
                         Some(fixed) => (fixed, attr.kind, Some(Entry { ino: fixed, attr })),
                         None => {
-                            let e = self.entry(t, ino, &item.name, attr)?;
+                            let e = self.ns.entry(t, ino, &item.name, attr)?;
                             (e.ino, attr.kind, Some(e))
                         }
                     }
                 }
                 (None, Some(fixed)) => (fixed, item.kind, None),
                 (None, None) => (
-                    self.inodes
+                    self.ns
+                        .inodes
                         .listing_ino(ino, &item.name, item.ino, UNKNOWN_INO),
                     item.kind,
                     None,
@@ -884,7 +727,7 @@ impl Vfs {
             });
             if full {
                 if entry.is_some() && !dots {
-                    self.inodes.forget(ino_of_item, 1);
+                    self.ns.inodes.forget(ino_of_item, 1);
                 }
                 break;
             }
@@ -903,7 +746,7 @@ impl Vfs {
         self.run(Retry::Safe, |t| {
             t.volume()
                 .backend
-                .getxattr(self.place_of(t, ino)?.at(), name)
+                .getxattr(self.ns.place_of(t, ino)?.at(), name)
         })
     }
 
@@ -912,14 +755,14 @@ impl Vfs {
         self.change(Retry::Never, |t| {
             t.volume()
                 .backend
-                .setxattr(self.place_of(t, ino)?.at(), name, value, flags)
+                .setxattr(self.ns.place_of(t, ino)?.at(), name, value, flags)
         })
     }
 
     /// `listxattr`: NUL-terminated names.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         self.run(Retry::Safe, |t| {
-            t.volume().backend.listxattr(self.place_of(t, ino)?.at())
+            t.volume().backend.listxattr(self.ns.place_of(t, ino)?.at())
         })
     }
 
@@ -928,7 +771,7 @@ impl Vfs {
         self.change(Retry::Never, |t| {
             t.volume()
                 .backend
-                .removexattr(self.place_of(t, ino)?.at(), name)
+                .removexattr(self.ns.place_of(t, ino)?.at(), name)
         })
     }
 
@@ -973,60 +816,13 @@ fn epoch(t: &Ticket) -> Epoch {
     }
 }
 
-/// The place of a directory itself.
-fn itself(dir: Dir) -> Place {
-    static EMPTY: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| OsStr::new("").into());
-    Place {
-        dir,
-        name: EMPTY.clone(),
-    }
-}
-
-/// How many directories the inode table may pin: a quarter of the descriptors this process may
-/// open (the rest are for open files and the daemon itself).
-pub(crate) fn pin_limit() -> usize {
-    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_or(1024, |(soft, _)| soft);
-    usize::try_from(soft / 4)
-        .unwrap_or(usize::MAX)
-        .clamp(64, 1 << 20)
-}
-
-impl Vfs {
-    /// Re-open handle `h` on ticket `t`'s volume after a switch from the volume at table position
-    /// `from`.
-    fn reopen(&self, t: &Ticket, h: &FileHandle, from: usize) -> Result<Reopen> {
-        let volume = t.volume();
-        let place = match self.place_of(t, h.ino) {
-            Ok(p) => p,
-            Err(e) if e.errno() == libc::ENOENT => return Ok(Reopen::Gone(StaleWhy::Gone)),
-            Err(e) => return Err(e),
-        };
-        let flags = h.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
-        // Without O_TRUNC, the caller plays no part in opening.
-        let file = match volume.backend.open(place.at(), flags, Caller::ROOT) {
-            Ok(f) => f,
-            Err(e) if e.errno() == libc::ENOENT => return Ok(Reopen::Gone(StaleWhy::Gone)),
-            Err(e) => return Err(e),
-        };
-        // The same volume re-opened (a remount) holds the same data: nothing to verify.
-        if let Some((size, mtime)) = h.opened_as.filter(|_| from != volume.index) {
-            let now = file.stat()?;
-            if (now.size, now.mtime) != (size, mtime) {
-                return Ok(Reopen::Gone(StaleWhy::Differs));
-            }
-        }
-        Ok(Reopen::Opened(file))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::dir::DirBackend;
     use crate::backend::faulty::{Fault, Faults, FaultyBackend};
     use crate::inode::ROOT;
-    use crate::routing::{Route, WaitPolicy};
+    use crate::routing::{Route, Volume, WaitPolicy};
 
     #[test]
     fn readdirplus_cut_short_by_a_failure_keeps_what_it_gave() {

@@ -9,7 +9,9 @@
 //! this with several `O_SYNC` writers sharing pages of one file).
 //!
 //! Invariant: a read of a range that overlaps a write received and not yet answered runs only
-//! after that write reached the volume. (A write the kernel sent but no worker has picked up yet
+//! after that write reached the volume. "Write" covers every call that changes a file's bytes
+//! through a handle: write, fallocate (punching or zeroing a range), and the destination range of
+//! copy_file_range. (A write the kernel sent but no worker has picked up yet
 //! cannot be seen here; the kernel hands requests out in order, so that window is the few
 //! microseconds between a worker receiving the write and registering it.)
 //!

@@ -1,0 +1,336 @@
+//! The namespace: the one owner of what inode numbers and file handles mean.
+//!
+//! It holds the inode table ([`crate::inode`]: numbers, names, identities, directory pins) and
+//! the handle table ([`crate::handles`]: open files and which volume they are bound to), and it
+//! alone applies the rules that tie both to routes:
+//! - **Identity.** An inode stands for one file. Every operation finds its file through
+//!   [`Namespace::checked`] (or, for a directory, its pin): a name that now holds another file
+//!   is `ESTALE`, never that other file; a directory is its pin on the serving volume.
+//! - **Generations.** A switch to another volume is two calls, and the switch controller
+//!   ([`crate::failover`]) makes only those: [`Namespace::prepare`] before the new route is
+//!   published (identities and extra hard-link names of the old volume forgotten, pins on it
+//!   dropped, handles that wrote there turned stale, its files let go of), and
+//!   [`Namespace::settle`] after the old route's last operations are done (the same sweep again,
+//!   what was left behind named, its files closed). [`Namespace::carry`] continues on the same
+//!   volume under a new generation (identities and pins stay valid).
+//! - **Re-opening.** A handle opened on an earlier volume re-opens by its inode's place on the
+//!   current one ([`Namespace::reopen`]), or goes stale (see [`crate::handles`]).
+
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+
+use smallvec::SmallVec;
+
+use crate::backend::{At, Attr, Caller, Dir, FileKind, Place};
+use crate::error::{Error, Result};
+use crate::handles::{Epoch, FileHandle, HandleTable, LeftBehind, Reopen, StaleWhy};
+use crate::inode::{InodeTable, MAX_DEPTH, Name, ROOT, Seen};
+use crate::routing::{Ticket, Volume};
+use crate::vfs::Entry;
+
+/// See the module docs.
+pub struct Namespace {
+    pub(crate) inodes: InodeTable,
+    pub(crate) handles: HandleTable,
+}
+
+/// What [`Namespace::prepare`] left for the rest of the switch.
+pub struct Prepared {
+    /// Names unmapped because they were extra hard links on the old volume: the kernel's entries
+    /// for them must be invalidated.
+    pub detached: Vec<(u64, OsString)>,
+    /// Open files let go of, and inodes whose handles wrote on the old volume.
+    pub left: LeftBehind,
+}
+
+/// What [`Namespace::settle`] found once the switch was done.
+pub struct Settled {
+    /// Paths of files whose handles wrote on the old volume (now stale), sorted.
+    pub wrote: Vec<PathBuf>,
+    /// Open files of the old volume closed.
+    pub released: u64,
+    /// Open handles whose file does not exist on the new volume.
+    pub missing: u64,
+}
+
+impl Namespace {
+    /// A namespace serving `volume` under route `generation`.
+    pub fn new(generation: u64, volume: &Volume) -> Namespace {
+        let inodes = InodeTable::new();
+        inodes.begin_generation(generation, volume.backend.root_id());
+        inodes.set_pin_limit(pin_limit());
+        Namespace {
+            inodes,
+            handles: HandleTable::new(),
+        }
+    }
+
+    /// Before a switch to `volume` under `generation` is published; see the module docs. Only
+    /// table locks, never I/O: files are closed by dropping [`Prepared::left`].
+    pub fn prepare(&self, generation: u64, volume: &Volume) -> Prepared {
+        // Backend identities of the old volume mean nothing on the new one, and names that were
+        // hard links there must be looked up again.
+        self.inodes
+            .begin_generation(generation, volume.backend.root_id());
+        let detached = self.inodes.detach_extra_links();
+        // Before anything runs on the new volume: handles that wrote on the old one must not
+        // follow (see `crate::handles`).
+        let left = self.leave_old(generation, volume);
+        Prepared { detached, left }
+    }
+
+    /// After the switch published `volume` under `generation`: operations of the old route that
+    /// were still running may have opened, written or pinned since [`Namespace::prepare`], so
+    /// sweep again; then close every file of the old volume (this may block on a dead volume:
+    /// the caller bounds it).
+    pub fn settle(&self, generation: u64, volume: &Volume, prepared: LeftBehind) -> Settled {
+        let late = self.leave_old(generation, volume);
+        let mut wrote = prepared.wrote;
+        wrote.extend(late.wrote);
+        let wrote = self.paths_of(&wrote);
+        let released = (prepared.files.len() + late.files.len()) as u64;
+        drop((prepared.files, late.files));
+        Settled {
+            wrote,
+            released,
+            missing: self.handles_missing_on(volume),
+        }
+    }
+
+    /// Every inode number the kernel may hold (what a switch invalidates).
+    pub fn known(&self) -> Vec<u64> {
+        self.inodes.known()
+    }
+
+    /// Continue on the same volume under `generation`: identities and pins stay valid.
+    pub fn carry(&self, generation: u64) {
+        self.inodes.carry_generation(generation);
+    }
+
+    /// After a switch to `volume` under `generation`: let go of the old volume's files and
+    /// directory pins, and turn stale the handles that wrote there (see [`crate::handles`]). Idempotent: the switch runs
+    /// it before the publish, and once more after, for operations of the old route that were
+    /// still running.
+    fn leave_old(&self, generation: u64, volume: &Volume) -> LeftBehind {
+        // Directories pinned on the old volume: no descriptor may stay there.
+        self.inodes.release_pins(volume.serial());
+        self.handles.leave_old(Epoch {
+            generation,
+            volume: volume.serial(),
+            index: volume.index,
+        })
+    }
+
+    /// The paths of `inos`, sorted, once each (an inode with no path is named by number).
+    fn paths_of(&self, inos: &[u64]) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = inos
+            .iter()
+            .map(|&ino| {
+                self.inodes
+                    .path(ino)
+                    .unwrap_or_else(|_| PathBuf::from(format!("<unlinked inode {ino}>")))
+            })
+            .collect();
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
+    /// Open file handles whose file does not exist on `volume` (they will answer the stale errno
+    /// once used there).
+    fn handles_missing_on(&self, volume: &Volume) -> u64 {
+        let mut missing = 0;
+        self.handles.for_each_file(|ino| {
+            let gone = match self.inodes.path(ino) {
+                Ok(path) => {
+                    let place = Place::of_path(&path);
+                    matches!(volume.backend.stat(place.at()), Err(e) if e.errno() == libc::ENOENT)
+                }
+                Err(_) => true,
+            };
+            missing += gone as u64;
+        });
+        missing
+    }
+
+    /// Record a lookup of `parent/name`, found with `attr` on ticket `t`'s volume.
+    pub(crate) fn entry(&self, t: &Ticket, parent: u64, name: &OsStr, attr: Attr) -> Result<Entry> {
+        let ino =
+            self.inodes
+                .lookup(parent, name, attr.kind, attr.id, attr.nlink, t.generation())?;
+        Ok(Entry { ino, attr })
+    }
+
+    /// The path of `ino` on ticket `t`'s volume, checked: `check` runs on it and returns what it
+    /// made of the file there with the file's attributes. When the name no longer holds the file
+    /// (gone, or another file took it) the next name of the file is tried (hard links); with
+    /// none left, `ESTALE`. The kernel answers `ESTALE` from a path-based call (open, stat,
+    /// chmod, ...) by looking the name up again, bypassing its caches: the application then gets
+    /// the file the name holds now, or `ENOENT`, never the wrong file and never a stale `ENOENT`
+    /// for a file that was renamed by another client and is back. A node last seen under an
+    /// earlier generation (before a switch) accepts what the new volume has.
+    pub(crate) fn checked<T>(
+        &self,
+        t: &Ticket,
+        ino: u64,
+        mut check: impl FnMut(At<'_>) -> Result<(T, Attr)>,
+    ) -> Result<(Place, T)> {
+        loop {
+            if let Some(pin) = self.inodes.pinned(ino, t.volume().serial()) {
+                // A pinned directory is that very directory: nothing to check.
+                let place = itself(Dir::Pinned(pin));
+                let (v, _) = check(place.at())?;
+                return Ok((place, v));
+            }
+            let (place, known) = self.inodes.place(ino)?;
+            let place = match place {
+                None => itself(Dir::Root),
+                Some((parent, name)) => Place {
+                    dir: self.dir_of(t, parent)?,
+                    name,
+                },
+            };
+            match check(place.at()) {
+                Ok((v, attr)) => match known {
+                    Some((generation, id)) if generation == t.generation() && id != attr.id => {}
+                    _ => return Ok((place, v)),
+                },
+                Err(e) if e.errno() == libc::ENOENT && ino != ROOT => {}
+                Err(e) => return Err(e),
+            }
+            if self.inodes.places(ino) > 1 {
+                self.inodes.drop_first_place(ino);
+                continue;
+            }
+            return Err(Error::posix(libc::ESTALE));
+        }
+    }
+
+    /// The checked place of `ino` (see [`Vfs::checked`]) and the file's attributes there.
+    pub(crate) fn located(&self, t: &Ticket, ino: u64) -> Result<(Place, Attr)> {
+        let backend = &t.volume().backend;
+        self.checked(t, ino, |at| backend.stat(at).map(|a| (a, a)))
+    }
+
+    /// Where `ino` is on ticket `t`'s volume, unchecked: a pinned directory itself, else its
+    /// first name in its parent directory.
+    pub(crate) fn place_of(&self, t: &Ticket, ino: u64) -> Result<Place> {
+        if let Some(pin) = self.inodes.pinned(ino, t.volume().serial()) {
+            return Ok(itself(Dir::Pinned(pin)));
+        }
+        Ok(match self.inodes.place(ino)?.0 {
+            None => itself(Dir::Root),
+            Some((parent, name)) => Place {
+                dir: self.dir_of(t, parent)?,
+                name,
+            },
+        })
+    }
+
+    /// Directory `ino` on ticket `t`'s volume, for an operation in it: its pin when the backend
+    /// pins (made now, with its ancestors', when the node holds none for this volume), else its
+    /// path. A directory whose name now holds another directory is `ESTALE` (the kernel looks
+    /// the name up again).
+    pub(crate) fn dir_of(&self, t: &Ticket, ino: u64) -> Result<Dir> {
+        let volume = t.volume();
+        let serial = volume.serial();
+        // Walk up to the nearest pinned directory (or the root), then pin back down.
+        let mut chain: SmallVec<[(u64, Name, Seen); 8]> = SmallVec::new();
+        let mut cur = ino;
+        let mut dir = loop {
+            if let Some(pin) = self.inodes.pinned(cur, serial) {
+                break Dir::Pinned(pin);
+            }
+            match self.inodes.place(cur)? {
+                (None, _) => break Dir::Root,
+                (Some((parent, name)), known) => {
+                    if chain.len() >= MAX_DEPTH {
+                        return Err(Error::invalid(libc::ELOOP));
+                    }
+                    chain.push((cur, name, known));
+                    cur = parent;
+                }
+            }
+        };
+        while let Some((node, name, known)) = chain.pop() {
+            let at = At {
+                dir: &dir,
+                name: &name,
+            };
+            let Some((pin, attr)) = volume.backend.pin(at)? else {
+                // A backend without pins: by path.
+                dir = Dir::Path(at.path().ok_or(Error::invalid(libc::EINVAL))?);
+                continue;
+            };
+            if let Some((generation, id)) = known
+                && generation == t.generation()
+                && id != attr.id
+            {
+                return Err(Error::posix(libc::ESTALE));
+            }
+            self.inodes.set_pin(node, serial, pin.clone());
+            dir = Dir::Pinned(pin);
+        }
+        Ok(dir)
+    }
+
+    /// A directory just found at `name` in `dir` (lookup, mkdir): pin it while its identity is
+    /// known to be the one the kernel was told, so that a later rename by another client cannot
+    /// redirect operations in it.
+    pub(crate) fn pin_found(&self, t: &Ticket, dir: &Dir, name: &OsStr, entry: &Entry) {
+        let serial = t.volume().serial();
+        if entry.attr.kind != FileKind::Dir || self.inodes.pinned(entry.ino, serial).is_some() {
+            return;
+        }
+        if let Ok(Some((pin, attr))) = t.volume().backend.pin(At { dir, name })
+            && attr.id == entry.attr.id
+        {
+            self.inodes.set_pin(entry.ino, serial, pin);
+        }
+    }
+
+    /// Re-open handle `h` on ticket `t`'s volume after a switch from the volume at table position
+    /// `from`.
+    pub(crate) fn reopen(&self, t: &Ticket, h: &FileHandle, from: usize) -> Result<Reopen> {
+        let volume = t.volume();
+        let place = match self.place_of(t, h.ino) {
+            Ok(p) => p,
+            Err(e) if e.errno() == libc::ENOENT => return Ok(Reopen::Gone(StaleWhy::Gone)),
+            Err(e) => return Err(e),
+        };
+        let flags = h.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+        // Without O_TRUNC, the caller plays no part in opening.
+        let file = match volume.backend.open(place.at(), flags, Caller::ROOT) {
+            Ok(f) => f,
+            Err(e) if e.errno() == libc::ENOENT => return Ok(Reopen::Gone(StaleWhy::Gone)),
+            Err(e) => return Err(e),
+        };
+        // The same volume re-opened (a remount) holds the same data: nothing to verify.
+        if let Some((size, mtime)) = h.opened_as.filter(|_| from != volume.index) {
+            let now = file.stat()?;
+            if (now.size, now.mtime) != (size, mtime) {
+                return Ok(Reopen::Gone(StaleWhy::Differs));
+            }
+        }
+        Ok(Reopen::Opened(file))
+    }
+}
+
+/// The place of a directory itself.
+pub(crate) fn itself(dir: Dir) -> Place {
+    static EMPTY: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| OsStr::new("").into());
+    Place {
+        dir,
+        name: EMPTY.clone(),
+    }
+}
+
+/// How many directories the inode table may pin: a quarter of the descriptors this process may
+/// open (the rest are for open files and the daemon itself).
+pub(crate) fn pin_limit() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(64, 1 << 20)
+}
