@@ -1,6 +1,7 @@
 //! A reference-model test: seeded random operations through the mount, interleaved with changes
 //! made directly on the active volume (another client) and forced switches between two volumes.
-//! After every step, what the mount shows for every path of a small namespace must equal what is
+//! Directories swap places too (`RENAME_EXCHANGE`). After every step, what the mount shows for
+//! every path of a small namespace must equal what is
 //! at that path on the active volume: existence, kind, bytes, permission bits, link count; and
 //! inode numbers must map files one to one (two names of one file share a number, two files never
 //! do). The TTLs are 0, so "after the TTLs" is "at once".
@@ -67,7 +68,7 @@ fn look(p: &Path) -> Option<Seen> {
 fn apply(rng: &mut Rng, where_: &Path, tag: u64) -> String {
     let at = |rel: &str| where_.join(rel);
     let content = || format!("file {tag}\n{}", "z".repeat((tag % 300) as usize)).into_bytes();
-    match rng.below(8) {
+    match rng.below(9) {
         0 | 1 => {
             let f = rng.file();
             let _ = fs::write(at(f), content());
@@ -100,6 +101,17 @@ fn apply(rng: &mut Rng, where_: &Path, tag: u64) -> String {
             let tmp = at(&format!("{f}.tmp"));
             let _ = fs::write(&tmp, content()).and_then(|()| fs::rename(&tmp, at(f)));
             format!("replace {f}")
+        }
+        7 => {
+            // Two directories swap places (operations in them follow their directory).
+            let _ = nix::fcntl::renameat2(
+                nix::fcntl::AT_FDCWD,
+                &at(DIRS[0]),
+                nix::fcntl::AT_FDCWD,
+                &at(DIRS[1]),
+                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+            );
+            format!("exchange {} {}", DIRS[0], DIRS[1])
         }
         _ => {
             let f = rng.file();
