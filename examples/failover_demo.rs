@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     }
     // Fast probes, so the demo is short; a real config keeps the defaults.
     let mut toml = format!(
-        "[mount]\npath = \"{}\"\n\n[log]\nlevel = \"error\"\n\n\
+        "[mount]\npath = \"{}\"\nstate_file = \"off\"\n\n[log]\nlevel = \"error\"\n\n\
          [health]\ninterval = \"200ms\"\nconfirm_interval = \"100ms\"\nconfirm_window = \"200ms\"\n\n",
         mnt.display()
     );

@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt)?;
     let mut toml = format!(
-        "[mount]\npath = \"{}\"\n\n[log]\nlevel = \"error\"\n\n[failover]\ndrain_timeout = \"2s\"\n\n",
+        "[mount]\npath = \"{}\"\nstate_file = \"off\"\n\n[log]\nlevel = \"error\"\n\n[failover]\ndrain_timeout = \"2s\"\n\n",
         mnt.display()
     );
     for i in 0..2 {

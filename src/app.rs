@@ -40,6 +40,7 @@ use crate::monitor::{Health, Monitor, Watched, probe_once};
 use crate::probe::dir::RootWatch;
 use crate::probe::{Strength, TransientKind, Verdict};
 use crate::routing::{Route, Router, Volume, WaitPolicy};
+use crate::state::StateFile;
 use crate::vfs::{Vfs, VfsOptions};
 
 /// How long the start waits for the kernel's FUSE handshake before it says so.
@@ -194,6 +195,10 @@ impl App {
                 }
             })
             .collect();
+        // The volume to serve first: the one the last switch moved to, if the state file says so
+        // (see `crate::state`), else the first of the table.
+        let state = StateFile::new(settings.state_path());
+        let start = start_index(settings, &state);
         let mut volumes = Vec::with_capacity(settings.volumes.len());
         for (index, v) in settings.volumes.iter().enumerate() {
             match opener(index) {
@@ -203,10 +208,12 @@ impl App {
                     }
                     volumes.push(Some(volume))
                 }
-                Err(e) if index == 0 => {
+                Err(e) if index == start => {
                     return Err(StartError::failure(format!(
-                        "cannot open the primary volume {:?} ({}): {e}",
-                        v.name, v.backend
+                        "cannot open the {} volume {:?} ({}): {e}",
+                        if start == 0 { "primary" } else { "serving" },
+                        v.name,
+                        v.backend
                     )));
                 }
                 Err(e) => {
@@ -215,7 +222,7 @@ impl App {
                 }
             }
         }
-        let Some(Some(primary)) = volumes.first().cloned() else {
+        let Some(Some(first)) = volumes.get(start).cloned() else {
             return Err(StartError::failure("the volume table is empty"));
         };
 
@@ -240,33 +247,44 @@ impl App {
                 }
             })
             .collect::<Vec<_>>();
-        // Evidence before belief: the primary's probes answer once before anything is served.
-        if let Some(first) = watched.first() {
-            let (verdict, answers) =
-                runtime.block_on(probe_once(&first.probes, first.policy.timeout));
+        // Evidence before belief: the first served volume's probes answer once before anything is
+        // served.
+        if let Some(w) = watched.get(start) {
+            let (verdict, answers) = runtime.block_on(probe_once(&w.probes, w.policy.timeout));
             match verdict {
-                Verdict::Deleted(e) | Verdict::PendingDelete(e) => {
+                Verdict::Deleted(e) | Verdict::PendingDelete(e) if start == 0 => {
                     return Err(StartError::usage(format!(
                         "the primary volume {:?} is not there according to its probes ({e}): \
                          check its name, marker and path (`failoverfs check` shows every answer)",
-                        first.name
+                        w.name
+                    )));
+                }
+                Verdict::Deleted(e) | Verdict::PendingDelete(e) => {
+                    return Err(StartError::usage(format!(
+                        "the volume {:?}, serving since the last switch, is not there according \
+                         to its probes ({e}); to start on the first volume of the table again, \
+                         remove {}",
+                        w.name,
+                        state
+                            .path()
+                            .map_or("the state file".into(), |p| p.display().to_string())
                     )));
                 }
                 Verdict::Transient { kind, detail } => tracing::warn!(
-                    volume = %first.name,
+                    volume = %w.name,
                     kind = kind.label(),
                     detail,
                     probes = answers.len(),
-                    "no probe of the primary answered with authority; mounting, watching it"
+                    "no probe of the volume to serve answered with authority; mounting, watching it"
                 ),
                 Verdict::Healthy { .. } => {}
             }
         }
-        let monitor = Arc::new(Monitor::spawn(runtime.handle(), watched, 0));
+        let monitor = Arc::new(Monitor::spawn(runtime.handle(), watched, start));
 
         let failover = effective_failover(settings.failover);
         let router = Arc::new(Router::new(
-            Route::serving(1, primary.clone()),
+            Route::serving(1, first.clone()),
             WaitPolicy {
                 queue: failover.queue,
                 max_wait: failover.drain_timeout,
@@ -347,8 +365,8 @@ impl App {
         })?;
         tracing::info!(
             mount = %mount_path.display(),
-            volume = %primary.name,
-            backend = %primary.backend.describe(),
+            volume = %first.name,
+            backend = %first.backend.describe(),
             standbys = volumes.len() - 1,
             auto_unmount = mounted.auto_unmount(),
             "mounted"
@@ -358,7 +376,7 @@ impl App {
         let handshake = async { tokio::time::timeout(READY_WAIT, ready.notified()).await };
         match runtime.block_on(handshake) {
             Ok(()) => {
-                tracing::info!(mount = %mount_path.display(), volume = %primary.name, "ready");
+                tracing::info!(mount = %mount_path.display(), volume = %first.name, "ready");
                 notify_systemd_ready();
             }
             Err(_) => tracing::warn!(
@@ -373,7 +391,8 @@ impl App {
         let controller =
             Controller::new(router.clone(), vfs.clone(), volumes, failover, Some(cache))
                 .with_reopening(opener, watches)
-                .with_events(events.clone());
+                .with_events(events.clone())
+                .with_state(state);
         let audit = controller.audit();
         let totals = controller.totals();
         let (commands, command_rx) = mpsc::unbounded_channel();
@@ -390,7 +409,7 @@ impl App {
             ended,
             settings: failover,
             mount_path: mount_path.clone(),
-            active: 0,
+            active: start,
         };
         let done = runtime.spawn(supervisor.run());
         let admin_stop = CancellationToken::new();
@@ -590,6 +609,42 @@ fn watch_volume_states(rt: &tokio::runtime::Handle, monitor: &Monitor, events: &
                 }
             }
         });
+    }
+}
+
+/// Which volume of the table to serve first: the one the state file names, when it names one
+/// other than the first (a switch happened before this start), else the first.
+fn start_index(settings: &Settings, state: &StateFile) -> usize {
+    let Some(record) = state.load() else {
+        return 0;
+    };
+    match settings
+        .volumes
+        .iter()
+        .position(|v| v.name == record.active)
+    {
+        Some(0) => 0,
+        Some(index) => {
+            tracing::warn!(
+                volume = %record.active,
+                since = record.since,
+                reason = %record.reason,
+                first = %settings.volumes[0].name,
+                file = %state.path().map(|p| p.display().to_string()).unwrap_or_default(),
+                "serving the volume the last switch moved to, not the first of the table; the \
+                 first serves again after `failoverfs switch` to it, or once the state file is \
+                 removed before a start"
+            );
+            index
+        }
+        None => {
+            tracing::warn!(
+                volume = %record.active,
+                file = %state.path().map(|p| p.display().to_string()).unwrap_or_default(),
+                "the state file names a volume that is not in the table; starting on the first"
+            );
+            0
+        }
     }
 }
 

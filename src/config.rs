@@ -182,6 +182,10 @@ pub struct MountSettings {
     /// The logical volume's name across the fleet (every node mounting it), as the `fleet` label
     /// of the metrics; default: the first volume's name.
     pub fleet_name: Option<String>,
+    /// Where the mount remembers which volume serves, so that a restart after a switch serves
+    /// the same volume (see [`crate::state`]): an absolute path, or `"off"`. Default:
+    /// `/var/lib/failoverfs/<mount path with / as ->.state`.
+    pub state_file: Option<String>,
 }
 
 impl Default for MountSettings {
@@ -199,6 +203,7 @@ impl Default for MountSettings {
             op_timeout: Duration::from_secs(30),
             op_timeout_errno: Errno(libc::ETIMEDOUT),
             fleet_name: None,
+            state_file: None,
         }
     }
 }
@@ -1031,6 +1036,15 @@ impl Settings {
                 format!("must be between 1 and 256, got {}", self.mount.threads),
             ));
         }
+        if let Some(f) = self.mount.state_file.as_deref().map(str::trim)
+            && f != "off"
+            && !f.starts_with('/')
+        {
+            return Err(err(
+                "mount.state_file",
+                format!("{f:?} is neither an absolute path nor \"off\""),
+            ));
+        }
         let op = self.mount.op_timeout;
         if op < Duration::from_millis(100) || op > Duration::from_secs(3600) {
             return Err(err(
@@ -1226,6 +1240,15 @@ impl Settings {
     /// The mount point. Present in every validated configuration.
     pub fn mount_path(&self) -> &Path {
         self.mount.path.as_deref().unwrap_or(Path::new("/"))
+    }
+
+    /// The state file's path (`None` when `mount.state_file = "off"`).
+    pub fn state_path(&self) -> Option<PathBuf> {
+        match self.mount.state_file.as_deref().map(str::trim) {
+            Some("off") => None,
+            Some(p) => Some(PathBuf::from(p)),
+            None => Some(crate::state::default_path(self.mount_path())),
+        }
     }
 
     /// The fleet label: `mount.fleet_name`, or the first volume's name.

@@ -43,6 +43,7 @@ use crate::config::{FailoverSettings, OnDelete};
 use crate::monitor::Health;
 use crate::probe::dir::RootWatch;
 use crate::routing::{Route, Router, Volume};
+use crate::state::StateFile;
 use crate::vfs::Vfs;
 
 /// What the kernel caches, and how to drop it. Implemented over fuser's `Notifier` in
@@ -250,7 +251,11 @@ pub struct Controller {
     audit: Arc<Mutex<Vec<AuditEntry>>>,
     totals: Arc<SwitchTotals>,
     events: Events,
+    state: StateFile,
 }
+
+/// How long a switch waits for the state file to be written.
+const STATE_SAVE_LIMIT: Duration = Duration::from_secs(2);
 
 /// A duration in milliseconds for a log line, to the microsecond (`0.014`, never
 /// `0.014181000000000001`).
@@ -292,7 +297,14 @@ impl Controller {
             audit: Arc::new(Mutex::new(Vec::new())),
             totals: Arc::new(SwitchTotals::default()),
             events: Events::none(),
+            state: StateFile::new(None),
         }
+    }
+
+    /// Record every volume switched to in `state` (see [`crate::state`]).
+    pub fn with_state(mut self, state: StateFile) -> Controller {
+        self.state = state;
+        self
     }
 
     /// Tell `events` when a switch starts and how it ended (see [`crate::events`]).
@@ -561,6 +573,20 @@ impl Controller {
         self.set_volume(volume.index, Some(volume.clone()));
         entry.queued = self.router.queued_total().saturating_sub(queued0);
         entry.retried = self.vfs.retried_total().saturating_sub(retried0);
+        // A restart serves the volume serving now (see `crate::state`). Bounded: a state file on
+        // a hung disk must not hold the controller.
+        let (state, name, reason) = (
+            self.state.clone(),
+            volume.name.clone(),
+            entry.reason.clone(),
+        );
+        let saved = tokio::task::spawn_blocking(move || state.save(&name, &reason));
+        if tokio::time::timeout(STATE_SAVE_LIMIT, saved).await.is_err() {
+            tracing::warn!(
+                volume = %volume.name,
+                "recording the serving volume did not finish in time; continuing"
+            );
+        }
         let outcome = entry.outcome;
         self.record(entry);
         outcome

@@ -40,5 +40,6 @@ pub mod monitor;
 pub mod namespace;
 pub mod probe;
 pub mod routing;
+pub mod state;
 pub mod vfs;
 pub mod writes;

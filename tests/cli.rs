@@ -451,3 +451,64 @@ fn readiness_is_logged_and_told_to_systemd() {
     m.signal(Signal::SIGTERM);
     assert_eq!(m.wait(Duration::from_secs(20)), Some(0));
 }
+
+#[test]
+fn a_restart_after_a_switch_serves_the_volume_switched_to() {
+    let l = Layout::with_volumes(2, "", FAST_HEALTH, |i| {
+        if i == 0 {
+            "probe = { kind = \"dir\", marker = \".volume\" }".into()
+        } else {
+            String::new()
+        }
+    });
+    for (i, v) in l.vols.iter().enumerate() {
+        std::fs::write(v.join("f"), format!("v{i}")).unwrap();
+    }
+    std::fs::write(l.vols[0].join(".volume"), b"").unwrap();
+    let state = l.dir.path().join("state.json");
+    let config = l.config.clone();
+    let mut m = BinMount::start(l, &[]);
+    let f = m.mnt.join("f");
+    let serving = |want: &str| std::fs::read_to_string(&f).is_ok_and(|s| s == want);
+    let recorded = |want: &str| {
+        std::fs::read_to_string(&state).is_ok_and(|s| s.contains(&format!("\"active\":\"{want}\"")))
+    };
+    assert!(serving("v0"));
+    // The primary is deleted: the switch moves to v1 and records it.
+    std::fs::remove_file(m.layout.vols[0].join(".volume")).unwrap();
+    wait_until(Duration::from_secs(30), "the switch to v1", || {
+        serving("v1")
+    });
+    wait_until(Duration::from_secs(10), "v1 recorded", || recorded("v1"));
+    // A restart serves v1. Without the record it would refuse to start (exit 2: the first
+    // volume of the table is not there).
+    m.restart(&[]);
+    assert!(serving("v1"));
+    assert!(
+        m.stderr()
+            .contains("serving the volume the last switch moved to"),
+        "{}",
+        m.stderr()
+    );
+    // The primary comes back: a restart still serves v1, as the rest of the fleet does.
+    std::fs::write(m.layout.vols[0].join(".volume"), b"").unwrap();
+    m.restart(&[]);
+    assert!(serving("v1"));
+    // Going back is the operator's call, and is recorded too.
+    let out = bin()
+        .args(["switch", "--config"])
+        .arg(&config)
+        .args(["--to", "v0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(Duration::from_secs(10), "v0 serving", || serving("v0"));
+    wait_until(Duration::from_secs(10), "v0 recorded", || recorded("v0"));
+    m.restart(&[]);
+    assert!(serving("v0"));
+}

@@ -143,7 +143,7 @@ impl SwitchInProgress {
         fs::create_dir_all(standby.join("both")).unwrap();
         fs::write(standby.join("both/a"), b"volume v1").unwrap();
         let config = format!(
-            "[mount]\npath = \"{mnt}\"\n\n{FAST}\n[failover]\ndrain_timeout = \"8s\"\n\n\
+            "[mount]\npath = \"{mnt}\"\nstate_file = \"off\"\n\n{FAST}\n[failover]\ndrain_timeout = \"8s\"\n\n\
              [[volumes]]\nname = \"v0\"\nbackend = {{ kind = \"dir\", path = \"{v0}\" }}\n\
              probe = {{ kind = \"cubefs\", masters = {masters:?}, volume = \"vol-a\", timeout = \"200ms\" }}\n\n\
              [[volumes]]\nname = \"v1\"\nbackend = {{ kind = \"dir\", path = \"{v1}\" }}\n",

@@ -96,9 +96,12 @@ impl Layout {
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mkdir mnt");
         let mut vols = Vec::new();
+        // The state file lives with the test, never in /var/lib.
         let mut toml = format!(
-            "[mount]\npath = \"{}\"\nthreads = 8\n{mount_extra}\n\n[log]\nlevel = \"info\"\n\n",
-            mnt.display()
+            "[mount]\npath = \"{}\"\nthreads = 8\nstate_file = \"{}\"\n{mount_extra}\n\n\
+             [log]\nlevel = \"info\"\n\n",
+            mnt.display(),
+            dir.path().join("state.json").display()
         );
         for i in 0..n {
             let v = dir.path().join(format!("v{i}"));
