@@ -105,6 +105,24 @@ impl Node {
 
 type Shard = HashMap<u64, Node>;
 
+/// Where an inode is; see [`InodeTable::whereabouts`].
+#[derive(Clone)]
+pub enum Whereabouts {
+    /// The volume root.
+    Root,
+    /// A directory, by its pin on the volume opening asked about.
+    Pinned(Pin),
+    /// A name in a directory.
+    Named {
+        /// The directory.
+        parent: u64,
+        /// The name (the inode's first).
+        name: Name,
+        /// The identity the file was last seen with.
+        seen: Seen,
+    },
+}
+
 /// Counts for tests, metrics and the status API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableStats {
@@ -252,17 +270,24 @@ impl InodeTable {
         Ok(PathBuf::from(path))
     }
 
-    /// Where `ino` is: its first place (parent and name; `None` for the root) and the backend
-    /// identity it was last seen with, under which generation. `ENOENT` when the inode is
-    /// detached or unknown.
-    pub fn place(&self, ino: u64) -> Result<(Option<(u64, Name)>, Seen)> {
+    /// Where `ino` is, for an operation on volume opening `volume` (one lock): the root, a
+    /// directory pinned on that opening, or its first name in its parent with the backend
+    /// identity it was last seen with. `ENOENT` when the inode is detached or unknown.
+    pub fn whereabouts(&self, ino: u64, volume: u64) -> Result<Whereabouts> {
         if ino == ROOT {
-            return Ok((None, None));
+            return Ok(Whereabouts::Root);
         }
         let shard = self.shards[shard_of(ino)].lock();
         let node = shard.get(&ino).ok_or(Error::posix(libc::ENOENT))?;
-        let first = node.places.first().ok_or(Error::posix(libc::ENOENT))?;
-        Ok((Some(first.clone()), node.id))
+        if let Some(pinned) = node.pin.as_ref().filter(|p| p.0 == volume) {
+            return Ok(Whereabouts::Pinned(pinned.1.clone()));
+        }
+        let (parent, name) = node.places.first().ok_or(Error::posix(libc::ENOENT))?;
+        Ok(Whereabouts::Named {
+            parent: *parent,
+            name: name.clone(),
+            seen: node.id,
+        })
     }
 
     /// The pin of directory `ino` on volume opening `volume`, if it holds one.
@@ -869,11 +894,12 @@ mod tests {
         assert_eq!(lookup(&t, d, "f", FileKind::File, 11), f);
         assert_eq!(t.path(f).unwrap(), PathBuf::from("d/f"));
         assert_eq!(t.path(ROOT).unwrap(), PathBuf::new());
-        let (place, seen) = t.place(f).unwrap();
-        let (parent, name) = place.unwrap();
+        let Whereabouts::Named { parent, name, seen } = t.whereabouts(f, 1).unwrap() else {
+            panic!("a file is named in its directory");
+        };
         assert_eq!((parent, &*name), (d, OsStr::new("f")));
         assert_eq!(seen, Some((0, id(11))));
-        assert!(t.place(ROOT).unwrap().0.is_none());
+        assert!(matches!(t.whereabouts(ROOT, 1), Ok(Whereabouts::Root)));
         assert_eq!(t.stats().nodes, 3);
     }
 
@@ -894,6 +920,8 @@ mod tests {
         assert_eq!(t.pins(), 2);
         assert!(t.pinned(c, 7).is_none(), "over the limit");
         assert!(t.pinned(a, 8).is_none(), "another volume opening");
+        assert!(matches!(t.whereabouts(a, 7), Ok(Whereabouts::Pinned(_))));
+        assert!(matches!(t.whereabouts(a, 8), Ok(Whereabouts::Named { .. })));
         let held = t.pinned(a, 7).unwrap();
         assert_eq!(held.downcast_ref::<u64>(), Some(&1));
         // A new opening: pins of the others go.

@@ -24,7 +24,7 @@ use smallvec::SmallVec;
 use crate::backend::{At, Attr, Caller, Dir, FileKind, Place};
 use crate::error::{Error, Result};
 use crate::handles::{Epoch, FileHandle, HandleTable, LeftBehind, Reopen, StaleWhy};
-use crate::inode::{InodeTable, MAX_DEPTH, Name, ROOT, Seen};
+use crate::inode::{InodeTable, MAX_DEPTH, Name, ROOT, Seen, Whereabouts};
 use crate::routing::{Ticket, Volume};
 use crate::vfs::Entry;
 
@@ -176,19 +176,18 @@ impl Namespace {
         mut check: impl FnMut(At<'_>) -> Result<(T, Attr)>,
     ) -> Result<(Place, T)> {
         loop {
-            if let Some(pin) = self.inodes.pinned(ino, t.volume().serial()) {
-                // A pinned directory is that very directory: nothing to check.
-                let place = itself(Dir::Pinned(pin));
-                let (v, _) = check(place.at())?;
-                return Ok((place, v));
-            }
-            let (place, known) = self.inodes.place(ino)?;
-            let place = match place {
-                None => itself(Dir::Root),
-                Some((parent, name)) => Place {
-                    dir: self.dir_of(t, parent)?,
-                    name,
-                },
+            let (place, known) = match self.inodes.whereabouts(ino, t.volume().serial())? {
+                Whereabouts::Pinned(pin) => {
+                    // A pinned directory is that very directory: nothing to check.
+                    let place = itself(Dir::Pinned(pin));
+                    let (v, _) = check(place.at())?;
+                    return Ok((place, v));
+                }
+                Whereabouts::Root => (itself(Dir::Root), None),
+                Whereabouts::Named { parent, name, seen } => {
+                    let dir = self.dir_of(t, parent)?;
+                    (Place { dir, name }, seen)
+                }
             };
             match check(place.at()) {
                 Ok((v, attr)) => match known {
@@ -206,7 +205,7 @@ impl Namespace {
         }
     }
 
-    /// The checked place of `ino` (see [`Vfs::checked`]) and the file's attributes there.
+    /// The checked place of `ino` (see [`Namespace::checked`]) and the file's attributes there.
     pub(crate) fn located(&self, t: &Ticket, ino: u64) -> Result<(Place, Attr)> {
         let backend = &t.volume().backend;
         self.checked(t, ino, |at| backend.stat(at).map(|a| (a, a)))
@@ -215,12 +214,10 @@ impl Namespace {
     /// Where `ino` is on ticket `t`'s volume, unchecked: a pinned directory itself, else its
     /// first name in its parent directory.
     pub(crate) fn place_of(&self, t: &Ticket, ino: u64) -> Result<Place> {
-        if let Some(pin) = self.inodes.pinned(ino, t.volume().serial()) {
-            return Ok(itself(Dir::Pinned(pin)));
-        }
-        Ok(match self.inodes.place(ino)?.0 {
-            None => itself(Dir::Root),
-            Some((parent, name)) => Place {
+        Ok(match self.inodes.whereabouts(ino, t.volume().serial())? {
+            Whereabouts::Pinned(pin) => itself(Dir::Pinned(pin)),
+            Whereabouts::Root => itself(Dir::Root),
+            Whereabouts::Named { parent, name, .. } => Place {
                 dir: self.dir_of(t, parent)?,
                 name,
             },
@@ -238,16 +235,14 @@ impl Namespace {
         let mut chain: SmallVec<[(u64, Name, Seen); 8]> = SmallVec::new();
         let mut cur = ino;
         let mut dir = loop {
-            if let Some(pin) = self.inodes.pinned(cur, serial) {
-                break Dir::Pinned(pin);
-            }
-            match self.inodes.place(cur)? {
-                (None, _) => break Dir::Root,
-                (Some((parent, name)), known) => {
+            match self.inodes.whereabouts(cur, serial)? {
+                Whereabouts::Pinned(pin) => break Dir::Pinned(pin),
+                Whereabouts::Root => break Dir::Root,
+                Whereabouts::Named { parent, name, seen } => {
                     if chain.len() >= MAX_DEPTH {
                         return Err(Error::invalid(libc::ELOOP));
                     }
-                    chain.push((cur, name, known));
+                    chain.push((cur, name, seen));
                     cur = parent;
                 }
             }
