@@ -208,12 +208,21 @@ impl App {
                     }
                     volumes.push(Some(volume))
                 }
+                Err(e) if index == start && start == 0 => {
+                    return Err(StartError::failure(format!(
+                        "cannot open the primary volume {:?} ({}): {e}",
+                        v.name, v.backend
+                    )));
+                }
                 Err(e) if index == start => {
                     return Err(StartError::failure(format!(
-                        "cannot open the {} volume {:?} ({}): {e}",
-                        if start == 0 { "primary" } else { "serving" },
+                        "cannot open the volume {:?} ({}), serving since the last switch: {e}; \
+                         to start on the first volume of the table instead, remove {}",
                         v.name,
-                        v.backend
+                        v.backend,
+                        state
+                            .path()
+                            .map_or("the state file".into(), |p| p.display().to_string())
                     )));
                 }
                 Err(e) => {

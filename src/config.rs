@@ -1045,6 +1045,19 @@ impl Settings {
                 format!("{f:?} is neither an absolute path nor \"off\""),
             ));
         }
+        if let (Some(state), Some(mount)) = (self.state_path(), self.mount.path.as_deref())
+            && state.starts_with(mount)
+        {
+            return Err(err(
+                "mount.state_file",
+                format!(
+                    "{} is inside the mount point {} (the mount would hide it): set \
+                     mount.state_file elsewhere",
+                    state.display(),
+                    mount.display()
+                ),
+            ));
+        }
         let op = self.mount.op_timeout;
         if op < Duration::from_millis(100) || op > Duration::from_secs(3600) {
             return Err(err(

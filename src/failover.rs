@@ -513,6 +513,16 @@ impl Controller {
         self.router
             .publish(Route::serving(generation, volume.clone()));
         entry.swap = t0.elapsed();
+        // From now on a restart serves the new volume (see `crate::state`); written while the
+        // rest of the switch goes on.
+        let saved = {
+            let (state, name, reason) = (
+                self.state.clone(),
+                volume.name.clone(),
+                entry.reason.clone(),
+            );
+            tokio::task::spawn_blocking(move || state.save(generation, &name, &reason))
+        };
         entry.to = Some(volume.name.clone());
         entry.outcome = Outcome::Swapped {
             to: volume.index,
@@ -573,14 +583,7 @@ impl Controller {
         self.set_volume(volume.index, Some(volume.clone()));
         entry.queued = self.router.queued_total().saturating_sub(queued0);
         entry.retried = self.vfs.retried_total().saturating_sub(retried0);
-        // A restart serves the volume serving now (see `crate::state`). Bounded: a state file on
-        // a hung disk must not hold the controller.
-        let (state, name, reason) = (
-            self.state.clone(),
-            volume.name.clone(),
-            entry.reason.clone(),
-        );
-        let saved = tokio::task::spawn_blocking(move || state.save(&name, &reason));
+        // Bounded: a state file on a hung disk must not hold the controller.
         if tokio::time::timeout(STATE_SAVE_LIMIT, saved).await.is_err() {
             tracing::warn!(
                 volume = %volume.name,

@@ -148,6 +148,8 @@ pub struct InodeTable {
     /// Pins held, and how many may be.
     pins: AtomicUsize,
     pin_limit: AtomicUsize,
+    /// The volume opening pins may be made on (see [`InodeTable::release_pins`]).
+    serving: AtomicU64,
 }
 
 const ROOT_UNKNOWN: u64 = 0;
@@ -216,6 +218,7 @@ impl InodeTable {
             root_ino: AtomicU64::new(ROOT_UNKNOWN),
             pins: AtomicUsize::new(0),
             pin_limit: AtomicUsize::new(DEFAULT_PIN_LIMIT),
+            serving: AtomicU64::new(0),
         }
     }
 
@@ -301,6 +304,11 @@ impl InodeTable {
     /// or the table holds as many pins as it may).
     pub fn set_pin(&self, ino: u64, volume: u64, pin: Pin) {
         let mut shard = self.shards[shard_of(ino)].lock();
+        // Read under the shard lock: `release_pins` publishes the serving opening before it
+        // sweeps the shards, so a pin of an opening left behind is refused here or swept there.
+        if volume != self.serving.load(Ordering::SeqCst) {
+            return;
+        }
         let Some(node) = shard.get_mut(&ino) else {
             return;
         };
@@ -322,15 +330,23 @@ impl InodeTable {
         self.pin_limit.store(limit, Ordering::Relaxed);
     }
 
+    /// Whether the table holds as many pins as it may (a new one would be refused).
+    pub fn pins_full(&self) -> bool {
+        self.pins.load(Ordering::Relaxed) >= self.pin_limit.load(Ordering::Relaxed)
+    }
+
     /// Pins held now.
     pub fn pins(&self) -> usize {
         self.pins.load(Ordering::Relaxed)
     }
 
-    /// Drop every pin not made on volume opening `keep` (released after the shard locks). A
-    /// switch calls this before the new route serves, and again once the old route's last
-    /// operations are done, so no descriptor is left on the volume it left.
+    /// Pin only on volume opening `keep` from now on, and drop every pin made on another
+    /// (released after the shard locks). A switch calls this before the new route serves, and
+    /// again after the old route's operations were drained; an operation of the old route that
+    /// outlives both cannot add a pin (see [`InodeTable::set_pin`]), so no descriptor is left on
+    /// the volume the switch left.
     pub fn release_pins(&self, keep: u64) {
+        self.serving.store(keep, Ordering::SeqCst);
         let mut dropped: Vec<Box<(u64, Pin)>> = Vec::new();
         for shard in self.shards.iter() {
             for node in shard.lock().values_mut() {
@@ -461,7 +477,15 @@ impl InodeTable {
                 if node.kind == kind && same {
                     node.nlookup += 1;
                     let old = node.id.replace((generation, id));
+                    // Adopted another file (after a switch): a pin of the old one is not it.
+                    let stale_pin = match old {
+                        Some((_, before)) if before != id => node.pin.take(),
+                        _ => None,
+                    };
                     drop(l);
+                    if stale_pin.is_some() {
+                        self.pins.fetch_sub(1, Ordering::Relaxed);
+                    }
                     if old != Some((generation, id)) {
                         self.remember_id(child, id, generation);
                     }
@@ -670,6 +694,15 @@ impl InodeTable {
     /// Continue under `generation` on the same volume: identities seen so far stay valid.
     pub fn carry_generation(&self, generation: u64) {
         self.id_generation.store(generation, Ordering::Release);
+        // Re-stamp what is known, so identities keep being compared: a node's identity from an
+        // older generation means "another volume", and would be adopted unchecked.
+        for shard in self.shards.iter() {
+            for node in shard.lock().values_mut() {
+                if let Some((g, _)) = node.id.as_mut() {
+                    *g = (*g).max(generation);
+                }
+            }
+        }
     }
 
     /// The kernel dropped `n` lookups of `ino`.
@@ -904,9 +937,40 @@ mod tests {
     }
 
     #[test]
+    fn identities_survive_a_carry_and_an_adopting_node_drops_its_pin() {
+        let t = InodeTable::new();
+        t.release_pins(7);
+        let dir = |name: &str, fid: u64, generation: u64| {
+            t.lookup(
+                ROOT,
+                OsStr::new(name),
+                FileKind::Dir,
+                id(fid),
+                2,
+                generation,
+            )
+            .unwrap()
+        };
+        let d = dir("d", 10, 1);
+        t.set_pin(d, 7, Arc::new(0u8));
+        // Same volume, next generation: another directory under the name is another inode.
+        t.carry_generation(2);
+        let d2 = dir("d", 11, 2);
+        assert_ne!(d2, d);
+        assert!(t.pinned(d, 7).is_some(), "the old directory keeps its pin");
+        // A switch to another volume: the name's node adopts what the name holds there, and a
+        // pin of what it held before is not that.
+        t.begin_generation(3, None);
+        t.set_pin(d2, 7, Arc::new(1u8));
+        assert_eq!(dir("d", 12, 3), d2);
+        assert!(t.pinned(d2, 7).is_none());
+    }
+
+    #[test]
     fn pins_are_per_volume_bounded_and_go_with_their_node() {
         let t = InodeTable::new();
         t.set_pin_limit(2);
+        t.release_pins(7);
         let a = lookup(&t, ROOT, "a", FileKind::Dir, 10);
         let b = lookup(&t, ROOT, "b", FileKind::Dir, 11);
         let c = lookup(&t, ROOT, "c", FileKind::Dir, 12);
@@ -924,9 +988,13 @@ mod tests {
         assert!(matches!(t.whereabouts(a, 8), Ok(Whereabouts::Named { .. })));
         let held = t.pinned(a, 7).unwrap();
         assert_eq!(held.downcast_ref::<u64>(), Some(&1));
-        // A new opening: pins of the others go.
+        // A new opening: pins of the others go, and none of the old one is taken any more.
         t.set_pin(b, 8, pin(4));
+        assert!(t.pinned(b, 8).is_none(), "not the serving opening");
         t.release_pins(8);
+        t.set_pin(a, 7, pin(5));
+        assert!(t.pinned(a, 7).is_none(), "an opening left behind");
+        t.set_pin(b, 8, pin(4));
         assert_eq!(t.pins(), 1);
         assert!(t.pinned(a, 7).is_none());
         assert!(t.pinned(b, 8).is_some());

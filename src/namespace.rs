@@ -59,6 +59,7 @@ impl Namespace {
         let inodes = InodeTable::new();
         inodes.begin_generation(generation, volume.backend.root_id());
         inodes.set_pin_limit(pin_limit());
+        inodes.release_pins(volume.serial());
         Namespace {
             inodes,
             handles: HandleTable::new(),
@@ -178,16 +179,28 @@ impl Namespace {
         loop {
             let (place, known) = match self.inodes.whereabouts(ino, t.volume().serial())? {
                 Whereabouts::Pinned(pin) => {
-                    // A pinned directory is that very directory: nothing to check.
+                    // A pinned directory is that very directory, unless it was removed: then
+                    // the kernel should look its name up again, as for any file that is gone.
                     let place = itself(Dir::Pinned(pin));
-                    let (v, _) = check(place.at())?;
+                    let (v, attr) = check(place.at())?;
+                    if attr.nlink == 0 {
+                        return Err(Error::posix(libc::ESTALE));
+                    }
                     return Ok((place, v));
                 }
                 Whereabouts::Root => (itself(Dir::Root), None),
-                Whereabouts::Named { parent, name, seen } => {
-                    let dir = self.dir_of(t, parent)?;
-                    (Place { dir, name }, seen)
-                }
+                Whereabouts::Named { parent, name, seen } => match self.dir_of(t, parent) {
+                    Ok(dir) => (Place { dir, name }, seen),
+                    // The directory of this name is gone: like a check that failed here.
+                    Err(e) if matches!(e.errno(), libc::ENOENT | libc::ESTALE) => {
+                        if self.inodes.places(ino) > 1 {
+                            self.inodes.drop_first_place(ino);
+                            continue;
+                        }
+                        return Err(Error::posix(libc::ESTALE));
+                    }
+                    Err(e) => return Err(e),
+                },
             };
             match check(place.at()) {
                 Ok((v, attr)) => match known {
@@ -274,7 +287,10 @@ impl Namespace {
     /// redirect operations in it.
     pub(crate) fn pin_found(&self, t: &Ticket, dir: &Dir, name: &OsStr, entry: &Entry) {
         let serial = t.volume().serial();
-        if entry.attr.kind != FileKind::Dir || self.inodes.pinned(entry.ino, serial).is_some() {
+        if entry.attr.kind != FileKind::Dir
+            || self.inodes.pins_full()
+            || self.inodes.pinned(entry.ino, serial).is_some()
+        {
             return;
         }
         if let Ok(Some((pin, attr))) = t.volume().backend.pin(At { dir, name })

@@ -19,7 +19,10 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use parking_lot::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,16 +37,22 @@ pub struct Record {
     pub reason: String,
 }
 
-/// The state file of one mount (`None` path: remembering is off).
+/// The state file of one mount (`None` path: remembering is off). Clones share one writer.
 #[derive(Debug, Clone)]
 pub struct StateFile {
     path: Option<PathBuf>,
+    /// Held while writing: the route generation last written. A save for an older generation
+    /// (a slow write overtaken by a later switch) is dropped, never written over a newer one.
+    written: Arc<Mutex<u64>>,
 }
 
 impl StateFile {
     /// The state file at `path`, or none.
     pub fn new(path: Option<PathBuf>) -> StateFile {
-        StateFile { path }
+        StateFile {
+            path,
+            written: Arc::new(Mutex::new(0)),
+        }
     }
 
     /// Where it is, if anywhere.
@@ -72,12 +81,16 @@ impl StateFile {
         }
     }
 
-    /// Record that `active` serves from now on. Failing to write is a warning, never a failure
-    /// of the switch: the volume serves either way.
-    pub fn save(&self, active: &str, reason: &str) {
+    /// Record that `active` serves from route `generation` on. Failing to write is a warning,
+    /// never a failure of the switch: the volume serves either way.
+    pub fn save(&self, generation: u64, active: &str, reason: &str) {
         let Some(path) = self.path.as_deref() else {
             return;
         };
+        let mut written = self.written.lock();
+        if *written > generation {
+            return;
+        }
         let record = Record {
             active: active.to_string(),
             since: SystemTime::now()
@@ -92,7 +105,9 @@ impl StateFile {
                 error = %e,
                 "cannot record the serving volume; a restart would start on the first volume of the table"
             );
+            return;
         }
+        *written = generation;
     }
 }
 
@@ -103,7 +118,7 @@ fn write_atomically(path: &Path, record: &Record) -> std::io::Result<()> {
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".tmp.{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
     let body = serde_json::to_vec(record).map_err(std::io::Error::other)?;
     {
@@ -133,17 +148,24 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let state = StateFile::new(Some(tmp.path().join("sub/m.state")));
         assert_eq!(state.load(), None);
-        state.save("v1", "volume v0 deleted");
+        state.save(2, "v1", "volume v0 deleted");
         let r = state.load().unwrap();
         assert_eq!(
             (r.active.as_str(), r.reason.as_str()),
             ("v1", "volume v0 deleted")
         );
-        assert!(!tmp.path().join("sub/m.state.tmp").exists());
+        assert_eq!(
+            std::fs::read_dir(tmp.path().join("sub")).unwrap().count(),
+            1
+        );
+        // A late save of an older switch never overwrites a newer record.
+        state.clone().save(3, "v0", "manual");
+        state.save(2, "v1", "late");
+        assert_eq!(state.load().unwrap().active, "v0");
         std::fs::write(tmp.path().join("sub/m.state"), b"{not json").unwrap();
         assert_eq!(state.load(), None);
         let off = StateFile::new(None);
-        off.save("v1", "x");
+        off.save(1, "v1", "x");
         assert_eq!(off.load(), None);
         assert_eq!(
             default_path(Path::new("/mnt/data")),

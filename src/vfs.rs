@@ -362,7 +362,12 @@ impl Vfs {
     /// `readlink`.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         self.run(Retry::Safe, |t| {
-            t.volume().backend.readlink(self.ns.place_of(t, ino)?.at())
+            let backend = &t.volume().backend;
+            let (_, target) = self.ns.checked(t, ino, |at| {
+                let attr = backend.stat(at)?;
+                Ok((backend.readlink(at)?, attr))
+            })?;
+            Ok(target)
         })
     }
 
@@ -450,7 +455,7 @@ impl Vfs {
     /// `link`: a new name for `ino`.
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> Result<Entry> {
         self.change(Retry::Never, |t| {
-            let place = self.ns.place_of(t, ino)?;
+            let (place, _) = self.ns.located(t, ino)?;
             let dir = self.ns.dir_of(t, new_parent)?;
             let attr = t.volume().backend.link(place.at(), &dir, new_name)?;
             self.ns.entry(t, new_parent, new_name, attr)
@@ -593,7 +598,7 @@ impl Vfs {
     /// `opendir`.
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         self.run(Retry::Safe, |t| {
-            let attr = t.volume().backend.stat(self.ns.place_of(t, ino)?.at())?;
+            let (_, attr) = self.ns.located(t, ino)?;
             if attr.kind != FileKind::Dir {
                 return Err(Error::posix(libc::ENOTDIR));
             }
@@ -746,7 +751,7 @@ impl Vfs {
         self.run(Retry::Safe, |t| {
             t.volume()
                 .backend
-                .getxattr(self.ns.place_of(t, ino)?.at(), name)
+                .getxattr(self.ns.located(t, ino)?.0.at(), name)
         })
     }
 
@@ -755,14 +760,16 @@ impl Vfs {
         self.change(Retry::Never, |t| {
             t.volume()
                 .backend
-                .setxattr(self.ns.place_of(t, ino)?.at(), name, value, flags)
+                .setxattr(self.ns.located(t, ino)?.0.at(), name, value, flags)
         })
     }
 
     /// `listxattr`: NUL-terminated names.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         self.run(Retry::Safe, |t| {
-            t.volume().backend.listxattr(self.ns.place_of(t, ino)?.at())
+            t.volume()
+                .backend
+                .listxattr(self.ns.located(t, ino)?.0.at())
         })
     }
 
@@ -771,7 +778,7 @@ impl Vfs {
         self.change(Retry::Never, |t| {
             t.volume()
                 .backend
-                .removexattr(self.ns.place_of(t, ino)?.at(), name)
+                .removexattr(self.ns.located(t, ino)?.0.at(), name)
         })
     }
 

@@ -74,6 +74,15 @@ fn bad_configs_exit_2_with_one_clear_line() {
     let l = Layout::new(2, "attr_ttl = 3", "");
     assert_file_error(&l, "mount.attr_ttl");
 
+    // A state file the mount would hide, or not an absolute path.
+    let l = Layout::new(2, "", "");
+    let inside = format!("state_file = \"{}/s.json\"\n# ", l.mnt.display());
+    edit(&l, "state_file = ", &inside);
+    assert_file_error(&l, "mount.state_file");
+    let l = Layout::new(2, "", "");
+    edit(&l, "state_file = ", "state_file = \"rel/s.json\"\n# ");
+    assert_file_error(&l, "mount.state_file");
+
     // Broken TOML.
     let l = Layout::new(2, "read_only = ", "");
     assert_file_error(&l, "-");
