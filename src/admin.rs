@@ -74,12 +74,44 @@ pub struct AdminState {
     pub token: Option<String>,
 }
 
-/// Start serving at `address` until `stop` is cancelled. Returns once listening.
-pub async fn start(
-    address: &AdminAddress,
-    state: Arc<AdminState>,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
+/// The admin server's socket, bound but not yet served. Bound before the mount, so that once
+/// the mount answers, so does the admin server (requests that come first wait in the backlog).
+/// Dropped unserved (the start failed), it removes its socket file.
+pub struct Bound {
+    listener: Option<Listener>,
+}
+
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if let Some(Listener::Unix(_, path)) = &self.listener {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Bind `address` (`None` for [`AdminAddress::Off`]). Must run inside the runtime.
+pub fn bind(address: &AdminAddress) -> std::io::Result<Option<Bound>> {
+    let listener = match address {
+        AdminAddress::Off => return Ok(None),
+        AdminAddress::Tcp(addr) => {
+            let std = std::net::TcpListener::bind(addr)?;
+            std.set_nonblocking(true)?;
+            Listener::Tcp(tokio::net::TcpListener::from_std(std)?)
+        }
+        AdminAddress::Unix(path) => Listener::Unix(bind_unix(path)?, path.clone()),
+    };
+    Ok(Some(Bound {
+        listener: Some(listener),
+    }))
+}
+
+/// Serve `bound` until `stop` is cancelled (on the current runtime).
+pub fn serve(mut bound: Bound, state: Arc<AdminState>, stop: CancellationToken) {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -87,11 +119,12 @@ pub async fn start(
         .route("/metrics", get(metrics))
         .route("/switch", post(switch))
         .with_state(state);
-    match address {
-        AdminAddress::Off => Ok(()),
-        AdminAddress::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
-            tracing::info!(listen = %addr, "admin server listening");
+    match bound.listener.take() {
+        None => {}
+        Some(Listener::Tcp(listener)) => {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(listen = %addr, "admin server listening");
+            }
             tokio::spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
@@ -100,12 +133,9 @@ pub async fn start(
                     tracing::warn!(error = %e, "admin server ended");
                 }
             });
-            Ok(())
         }
-        AdminAddress::Unix(path) => {
-            let listener = bind_unix(path)?;
+        Some(Listener::Unix(listener, path)) => {
             tracing::info!(listen = %path.display(), "admin server listening");
-            let path = path.clone();
             tokio::spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
@@ -115,7 +145,6 @@ pub async fn start(
                 }
                 let _ = std::fs::remove_file(&path);
             });
-            Ok(())
         }
     }
 }

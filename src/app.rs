@@ -369,6 +369,25 @@ impl App {
                 mount_path.display()
             )));
         }
+        // The admin server's socket is bound before the mount: once the mount answers, so does
+        // it (what comes first waits in the backlog until it is served below).
+        let admin_address = settings.admin.address(&mount_path);
+        let admin_token = settings.admin.token().map_err(StartError::usage)?;
+        let admin_bound = {
+            let _rt = runtime.enter();
+            match (admin::bind(&admin_address), settings.admin.listen.is_some()) {
+                (Ok(bound), _) => bound,
+                (Err(e), true) => {
+                    return Err(StartError::failure(format!(
+                        "admin.listen: cannot listen on {admin_address:?}: {e}"
+                    )));
+                }
+                (Err(e), false) => {
+                    tracing::warn!(address = ?admin_address, error = %e, "no admin server (the default socket cannot be used)");
+                    None
+                }
+            }
+        };
         let mounted = Mounted::mount(fs, &opts).map_err(|e| {
             StartError::failure(format!("cannot mount at {}: {e}", mount_path.display()))
         })?;
@@ -422,7 +441,6 @@ impl App {
         };
         let done = runtime.spawn(supervisor.run());
         let admin_stop = CancellationToken::new();
-        let admin_address = settings.admin.address(&mount_path);
         let mut app = App {
             runtime: Some(runtime),
             vfs,
@@ -437,21 +455,22 @@ impl App {
             admin_socket: None,
             events,
         };
-        app.start_admin(settings, admin_address)?;
+        if let Some(bound) = admin_bound {
+            app.start_admin(settings, bound, admin_address, admin_token);
+        }
         Ok(app)
     }
 
-    /// Serve the admin API (see [`crate::admin`]). A configured address that cannot be used is
-    /// an error; the default socket is best effort (a warning).
+    /// Serve the admin API (see [`crate::admin`]) on the socket bound before the mount (a
+    /// configured address that cannot be bound stops the start; the default socket is best
+    /// effort, a warning).
     fn start_admin(
         &mut self,
         settings: &Settings,
+        bound: admin::Bound,
         address: AdminAddress,
-    ) -> Result<(), StartError> {
-        if address == AdminAddress::Off {
-            return Ok(());
-        }
-        let token = settings.admin.token().map_err(StartError::usage)?;
+        token: Option<String>,
+    ) {
         let (switches, mut asked) = mpsc::unbounded_channel::<SwitchRequest>();
         let commands = self.commands.clone();
         let state = Arc::new(AdminState {
@@ -466,7 +485,7 @@ impl App {
             token,
         });
         let Some(rt) = self.runtime.as_ref() else {
-            return Ok(());
+            return;
         };
         // Manual switches from the admin server go to the supervisor like any other command.
         rt.spawn(async move {
@@ -478,21 +497,10 @@ impl App {
                 });
             }
         });
-        let started = rt.block_on(admin::start(&address, state, self.admin_stop.clone()));
-        match (started, settings.admin.listen.is_some()) {
-            (Ok(()), _) => {
-                if let AdminAddress::Unix(p) = address {
-                    self.admin_socket = Some(p);
-                }
-                Ok(())
-            }
-            (Err(e), true) => Err(StartError::failure(format!(
-                "admin.listen: cannot listen on {address:?}: {e}"
-            ))),
-            (Err(e), false) => {
-                tracing::warn!(address = ?address, error = %e, "no admin server (the default socket cannot be used)");
-                Ok(())
-            }
+        let _rt = rt.enter();
+        admin::serve(bound, state, self.admin_stop.clone());
+        if let AdminAddress::Unix(p) = address {
+            self.admin_socket = Some(p);
         }
     }
 
