@@ -22,12 +22,12 @@ fn mount_with_admin() -> (Fixture, AdminAddress) {
     let socket = layout.dir.path().join("admin.sock");
     let token_file = layout.dir.path().join("token");
     fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let mut config = fs::read_to_string(&layout.config).unwrap();
-    config.push_str(&format!(
-        "\n[admin]\nlisten = \"{}\"\ntoken_file = \"{}\"\n",
-        socket.display(),
-        token_file.display()
-    ));
+    // The layout's [admin] section already listens on `socket`; add the token.
+    let config = fs::read_to_string(&layout.config).unwrap().replace(
+        "\n[admin]\n",
+        &format!("\n[admin]\ntoken_file = \"{}\"\n", token_file.display()),
+    );
+    assert!(config.contains(&socket.display().to_string()));
     fs::write(&layout.config, config).unwrap();
     for (i, v) in layout.vols.iter().enumerate() {
         fs::write(v.join("f"), format!("v{i}")).unwrap();

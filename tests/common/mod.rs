@@ -114,6 +114,14 @@ impl Layout {
             vols.push(v);
         }
         toml.push_str(tail);
+        if !tail.contains("[admin]") {
+            // The admin socket lives with the test too, never in /run/failoverfs (a daemon killed
+            // with SIGKILL leaves its socket file behind).
+            toml.push_str(&format!(
+                "\n[admin]\nlisten = \"{}\"\n",
+                dir.path().join("admin.sock").display()
+            ));
+        }
         let config = dir.path().join("failoverfs.toml");
         std::fs::write(&config, toml).expect("write config");
         Layout {
