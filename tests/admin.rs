@@ -197,18 +197,7 @@ fn a_manual_switch_under_a_read_load_and_the_commands() {
         reads.load(Ordering::Relaxed) > 100
     });
     let config = fx.layout.config.clone();
-    let out = bin()
-        .args(["switch", "--config"])
-        .arg(&config)
-        .args(["--to", "v1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("now serving v1"));
+    assert!(switch_to(&config, "v1").contains("now serving v1"));
     let base = reads.load(Ordering::Relaxed);
     wait_until(Duration::from_secs(10), "reads after the switch", || {
         reads.load(Ordering::Relaxed) > base + 100

@@ -476,3 +476,28 @@ pub fn write_file(path: &Path, data: &[u8]) {
 pub fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
+
+/// `failoverfs switch --config <config> --to <target>`, asked again until it succeeds (bounded):
+/// a standby is a target only once its probes have seen it healthy, which a just-started mount
+/// may not have done yet. Returns the command's stdout.
+pub fn switch_to(config: &Path, target: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = bin()
+            .args(["switch", "--config"])
+            .arg(config)
+            .args(["--to", target])
+            .output()
+            .expect("run failoverfs switch");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            return stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "switch to {target} refused: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
