@@ -835,7 +835,7 @@ mod tests {
 
     fn read_f(vfs: &Vfs) -> crate::error::Result<Vec<u8>> {
         let e = vfs.lookup(1, OsStr::new("f"))?;
-        let fh = vfs.open(e.ino, libc::O_RDONLY, Caller::ROOT)?;
+        let fh = vfs.open(e.ino, libc::O_RDONLY, Caller::ROOT)?.fh;
         let mut buf = vec![0u8; 64];
         let n = vfs.read(fh, 0, &mut buf)?;
         vfs.release(fh);
@@ -935,7 +935,7 @@ mod tests {
             let vfs = s.vfs.clone();
             tokio::task::spawn_blocking(move || {
                 let e = vfs.lookup(1, OsStr::new("f")).unwrap();
-                vfs.open(e.ino, flags, Caller::ROOT).unwrap()
+                vfs.open(e.ino, flags, Caller::ROOT).unwrap().fh
             })
             .await
             .unwrap()

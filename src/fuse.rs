@@ -282,6 +282,20 @@ impl WarnLimit {
     }
 }
 
+/// The flags of an `open` reply. A file opened read-only has nothing to write back at
+/// `close()` (byte-range locks are the kernel's own: no `getlk`/`setlk` here), so the kernel skips
+/// the `FLUSH` round trip; the backend file is closed at `release` as always.
+fn open_flags(flags: i32, keep_cache: bool) -> FopenFlags {
+    let mut out = FopenFlags::empty();
+    if keep_cache {
+        out |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
+    if flags & libc::O_ACCMODE == libc::O_RDONLY {
+        out |= FopenFlags::FOPEN_NOFLUSH;
+    }
+    out
+}
+
 /// Answer an xattr request: the size when `size` is 0, the value when it fits, `ERANGE` else.
 fn reply_xattr(value: Vec<u8>, size: u32, reply: ReplyXattr) {
     let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
@@ -525,7 +539,7 @@ impl Filesystem for FuseFs {
             None,
             reply,
             || self.vfs.open(ino.0, flags.0, caller(req)),
-            |reply, fh| reply.opened(FileHandle(fh), FopenFlags::empty()),
+            |reply, o| reply.opened(FileHandle(o.fh), open_flags(flags.0, o.keep_cache)),
         );
     }
 

@@ -80,6 +80,8 @@ struct Node {
     id: Option<(u64, FileId)>,
     /// The directory pinned on one volume opening (boxed: most nodes have none).
     pin: Option<Box<(u64, Pin)>>,
+    /// What the file was when it was last opened ([`InodeTable::reopened`]; 0: never).
+    opened: u64,
 }
 
 impl Node {
@@ -154,6 +156,9 @@ pub struct InodeTable {
 
 const ROOT_UNKNOWN: u64 = 0;
 
+/// The bit of an open stamp saying the file had settled when it was taken.
+pub const SETTLED: u64 = 1;
+
 /// Pins held at most unless told otherwise ([`InodeTable::set_pin_limit`]).
 const DEFAULT_PIN_LIMIT: usize = 4096;
 
@@ -206,6 +211,7 @@ impl InodeTable {
                 children: HashMap::new(),
                 id: None,
                 pin: None,
+                opened: 0,
             },
         );
         InodeTable {
@@ -298,6 +304,18 @@ impl InodeTable {
         let shard = self.shards[shard_of(ino)].lock();
         let pinned = shard.get(&ino)?.pin.as_ref()?;
         (pinned.0 == volume).then(|| pinned.1.clone())
+    }
+
+    /// Record that `ino` was opened as `stamp` (see [`crate::namespace::open_stamp`]) and tell
+    /// whether the kernel may keep the pages it cached for it: only when the file is, to all
+    /// that can be seen, unchanged since the last open and was already settled then.
+    pub fn reopened(&self, ino: u64, stamp: u64) -> bool {
+        let mut shard = self.shards[shard_of(ino)].lock();
+        let Some(node) = shard.get_mut(&ino) else {
+            return false;
+        };
+        let before = std::mem::replace(&mut node.opened, stamp);
+        before == stamp && stamp & SETTLED != 0
     }
 
     /// Keep `pin` as directory `ino`'s pin on volume opening `volume` (unless the node is gone,
@@ -530,6 +548,7 @@ impl InodeTable {
                     children: HashMap::new(),
                     id: Some((generation, id)),
                     pin: None,
+                    opened: 0,
                 },
             );
             drop(l);
@@ -893,7 +912,6 @@ fn rename_place(node: &mut Node, parent: u64, name: &OsStr, new_parent: u64, new
 #[cfg(test)]
 mod tests {
     use super::*;
-
     fn id(ino: u64) -> FileId {
         FileId {
             dev: 1,

@@ -15,6 +15,10 @@
 //!   volume under a new generation (identities and pins stay valid).
 //! - **Re-opening.** A handle opened on an earlier volume re-opens by its inode's place on the
 //!   current one ([`Namespace::reopen`]), or goes stale (see [`crate::handles`]).
+//! - **Cached pages.** The kernel keeps a file's cached pages across an `open` only when
+//!   [`Namespace::opened`] says so: the file's attributes on the same volume opening are what they
+//!   were at its previous open, and had already settled then ([`open_stamp`]). Any change seen by
+//!   another client, or a switch, makes the kernel drop them.
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
@@ -24,7 +28,7 @@ use smallvec::SmallVec;
 use crate::backend::{At, Attr, Caller, Dir, FileKind, Place};
 use crate::error::{Error, Result};
 use crate::handles::{Epoch, FileHandle, HandleTable, LeftBehind, Reopen, StaleWhy};
-use crate::inode::{InodeTable, MAX_DEPTH, Name, ROOT, Seen, Whereabouts};
+use crate::inode::{InodeTable, MAX_DEPTH, Name, ROOT, SETTLED, Seen, Whereabouts};
 use crate::routing::{Ticket, Volume};
 use crate::vfs::Entry;
 
@@ -101,6 +105,13 @@ impl Namespace {
     /// Every inode number the kernel may hold (what a switch invalidates).
     pub fn known(&self) -> Vec<u64> {
         self.inodes.known()
+    }
+
+    /// `ino` was opened on `volume` with attributes `attr`: may the kernel keep the pages it
+    /// cached for it? See the module docs.
+    pub fn opened(&self, ino: u64, attr: &Attr, volume: &Volume) -> bool {
+        let stamp = open_stamp(attr, volume.serial(), std::time::SystemTime::now());
+        self.inodes.reopened(ino, stamp)
     }
 
     /// Continue on the same volume under `generation`: identities and pins stay valid.
@@ -344,4 +355,26 @@ pub(crate) fn pin_limit() -> usize {
     usize::try_from(soft / 4)
         .unwrap_or(usize::MAX)
         .clamp(64, 1 << 20)
+}
+
+/// How long after its last change a file counts as settled. Timestamps are coarse (the kernel's
+/// clock tick; whole seconds on some network filesystems): a change within the same tick as the
+/// one before leaves them as they were. A change *after* a settled stamp was taken shows in them.
+pub const SETTLE_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What a file is at an `open`, for [`InodeTable::reopened`]: a digest of the volume opening,
+/// the backend identity, size, modification and change times, with the [`SETTLED`] bit set when
+/// both times lie at least [`SETTLE_TIME`] before `now`. Never 0 (the "never opened" mark).
+pub fn open_stamp(attr: &Attr, volume: u64, now: std::time::SystemTime) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (volume, attr.id.dev, attr.id.ino, attr.id.birth, attr.size).hash(&mut h);
+    attr.mtime.hash(&mut h);
+    attr.ctime.hash(&mut h);
+    let newest = attr.mtime.max(attr.ctime);
+    // A time in the future (another clock) is not settled.
+    let settled = now
+        .duration_since(newest)
+        .is_ok_and(|age| age >= SETTLE_TIME);
+    (h.finish() & !SETTLED) | 2 | if settled { SETTLED } else { 0 }
 }

@@ -35,6 +35,15 @@ pub struct Entry {
     pub attr: Attr,
 }
 
+/// What `open` hands the kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct Opened {
+    /// The handle number.
+    pub fh: u64,
+    /// The kernel may keep the pages it cached for the file (see [`crate::namespace`]).
+    pub keep_cache: bool,
+}
+
 /// One item of a directory listing, as handed to the adapter.
 pub struct DirItem<'a> {
     /// The offset of the next item (what the kernel passes back to continue).
@@ -462,8 +471,8 @@ impl Vfs {
         })
     }
 
-    /// `open`: returns the handle number.
-    pub fn open(&self, ino: u64, flags: i32, who: Caller) -> Result<u64> {
+    /// `open`: the handle number, and whether the kernel may keep the file's cached pages.
+    pub fn open(&self, ino: u64, flags: i32, who: Caller) -> Result<Opened> {
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             self.writable()?;
         }
@@ -476,10 +485,12 @@ impl Vfs {
             })?;
             let truncated = flags & libc::O_TRUNC != 0;
             let opened_as = self.opened_as(&attr);
-            Ok(self
+            let keep_cache = self.ns.opened(ino, &attr, t.volume());
+            let fh = self
                 .ns
                 .handles
-                .open_file(ino, flags, epoch(t), file, truncated, opened_as))
+                .open_file(ino, flags, epoch(t), file, truncated, opened_as);
+            Ok(Opened { fh, keep_cache })
         })
     }
 

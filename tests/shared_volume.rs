@@ -429,3 +429,89 @@ fn an_exchange_by_another_client_never_redirects_an_unlink() {
         "the other directory's file is untouched"
     );
 }
+
+/// Pages of `file` (its first `len` bytes) in the kernel's page cache.
+fn resident_pages(file: &fs::File, len: usize) -> usize {
+    use std::os::fd::AsRawFd;
+    let page = 4096;
+    let pages = len.div_ceil(page);
+    // SAFETY: a fresh read-only shared mapping of an open file, unmapped below; mincore writes
+    // one byte per page into `vec`, which has one per page.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(addr, libc::MAP_FAILED, "mmap: {}", last_errno());
+        let mut vec = vec![0u8; pages];
+        let rc = libc::mincore(addr, len, vec.as_mut_ptr());
+        let errno = last_errno();
+        libc::munmap(addr, len);
+        assert_eq!(rc, 0, "mincore: {errno}");
+        vec.iter().filter(|b| **b & 1 != 0).count()
+    }
+}
+
+/// The bytes of `path`, read the way `cat` does: no `stat` of the open file, which would
+/// refresh its attributes and so let the kernel see a change by itself.
+fn read_plain(path: &std::path::Path) -> Vec<u8> {
+    let mut f = fs::File::open(path).unwrap();
+    let (mut out, mut buf) = (Vec::new(), [0u8; 16384]);
+    loop {
+        match std::io::Read::read(&mut f, &mut buf).unwrap() {
+            0 => return out,
+            n => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Wait until `path` was last changed long enough ago to count as settled.
+fn wait_settled(path: &std::path::Path) {
+    let settle = failoverfs::namespace::SETTLE_TIME + Duration::from_millis(200);
+    wait_until(Duration::from_secs(30), "the file settles", || {
+        let m = fs::metadata(path).unwrap();
+        let changed = std::time::UNIX_EPOCH
+            + Duration::new(m.ctime() as u64, m.ctime_nsec() as u32)
+                .max(Duration::new(m.mtime() as u64, m.mtime_nsec() as u32));
+        changed.elapsed().is_ok_and(|age| age >= settle)
+    });
+}
+
+#[test]
+fn cached_pages_are_kept_across_opens_only_while_the_file_is_unchanged() {
+    const LEN: usize = 64 * 1024;
+    let fx = Fixture::new(1);
+    let (vol, mnt) = (fx.vol(0, "f"), fx.path("f"));
+    fs::write(&vol, pattern(LEN, 1)).unwrap();
+    wait_settled(&vol);
+    assert!(read_plain(&mnt) == pattern(LEN, 1), "first read");
+    // Unchanged and settled: the next open keeps what the first one cached.
+    let f = fs::File::open(&mnt).unwrap();
+    assert_eq!(resident_pages(&f, LEN), LEN / 4096, "pages kept");
+    drop(f);
+
+    // Another client rewrites it in place: same size, same inode. The next open reads the new
+    // bytes at once (no waiting for the attribute TTL).
+    let mut w = fs::OpenOptions::new().write(true).open(&vol).unwrap();
+    std::io::Write::write_all(&mut w, &pattern(LEN, 2)).unwrap();
+    drop(w);
+    assert!(
+        read_plain(&mnt) == pattern(LEN, 2),
+        "stale bytes after the rewrite"
+    );
+
+    // Just changed, so not settled: the next open drops what the kernel cached (a change
+    // within the same timestamp tick would not show).
+    let f = fs::File::open(&mnt).unwrap();
+    assert_eq!(
+        resident_pages(&f, LEN),
+        0,
+        "pages of an unsettled file dropped"
+    );
+    drop(f);
+    assert!(read_plain(&mnt) == pattern(LEN, 2), "last read");
+}
