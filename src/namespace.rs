@@ -22,6 +22,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use smallvec::SmallVec;
 
@@ -36,6 +37,12 @@ use crate::vfs::Entry;
 pub struct Namespace {
     pub(crate) inodes: InodeTable,
     pub(crate) handles: HandleTable,
+    /// Handles that found their file missing when they tried to follow a switch, in all, and
+    /// that count when the switch under way was prepared: an operation may re-open a handle
+    /// between [`Namespace::prepare`] and [`Namespace::settle`], and its handle must still count
+    /// as missing on the new volume.
+    gone: AtomicU64,
+    gone_at_prepare: AtomicU64,
 }
 
 /// What [`Namespace::prepare`] left for the rest of the switch.
@@ -67,6 +74,8 @@ impl Namespace {
         Namespace {
             inodes,
             handles: HandleTable::new(),
+            gone: AtomicU64::new(0),
+            gone_at_prepare: AtomicU64::new(0),
         }
     }
 
@@ -78,6 +87,8 @@ impl Namespace {
         self.inodes
             .begin_generation(generation, volume.backend.root_id());
         let detached = self.inodes.detach_extra_links();
+        self.gone_at_prepare
+            .store(self.gone.load(Ordering::Relaxed), Ordering::Relaxed);
         // Before anything runs on the new volume: handles that wrote on the old one must not
         // follow (see `crate::handles`).
         let left = self.leave_old(generation, volume);
@@ -98,7 +109,8 @@ impl Namespace {
         Settled {
             wrote,
             released,
-            missing: self.handles_missing_on(volume),
+            missing: self.handles_missing_on(volume) + self.gone.load(Ordering::Relaxed)
+                - self.gone_at_prepare.load(Ordering::Relaxed),
         }
     }
 
@@ -314,6 +326,14 @@ impl Namespace {
     /// Re-open handle `h` on ticket `t`'s volume after a switch from the volume at table position
     /// `from`.
     pub(crate) fn reopen(&self, t: &Ticket, h: &FileHandle, from: usize) -> Result<Reopen> {
+        let r = self.reopen_on(t, h, from);
+        if let Ok(Reopen::Gone(StaleWhy::Gone)) = r {
+            self.gone.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn reopen_on(&self, t: &Ticket, h: &FileHandle, from: usize) -> Result<Reopen> {
         let volume = t.volume();
         let place = match self.place_of(t, h.ino) {
             Ok(p) => p,
