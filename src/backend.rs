@@ -26,11 +26,12 @@ pub mod identity;
 
 use std::any::Any;
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The type of a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -302,15 +303,54 @@ impl Caller {
     };
 }
 
-/// One directory entry (never `.` or `..`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DirEntry {
-    /// Entry name.
-    pub name: std::ffi::OsString,
-    /// Entry type.
-    pub kind: FileKind,
-    /// The backend's inode number of the entry (`d_ino`), or 0 when the backend has none.
-    pub ino: u64,
+/// The entries of a directory, kept compactly: every name in one buffer, so a listing of a
+/// million names costs a few allocations, not a million (and gives its memory back whole).
+#[derive(Default, Debug)]
+pub struct Listing {
+    names: Vec<u8>,
+    items: Vec<ListingItem>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ListingItem {
+    /// Where the name ends in `names` (it starts where the previous one ends).
+    end: u32,
+    kind: FileKind,
+    /// The backend's inode number (`d_ino`), or 0 when the backend has none.
+    ino: u64,
+}
+
+impl Listing {
+    /// Append an entry; `EOVERFLOW` past 4 GiB of names.
+    pub fn push(&mut self, name: &OsStr, kind: FileKind, ino: u64) -> Result<()> {
+        let bytes = name.as_bytes();
+        let end = u32::try_from(self.names.len() + bytes.len())
+            .map_err(|_| Error::posix(libc::EOVERFLOW))?;
+        self.names.extend_from_slice(bytes);
+        self.items.push(ListingItem { end, kind, ino });
+        Ok(())
+    }
+
+    /// How many entries.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Entry `i`: name, type and the backend's inode number (0 when unknown).
+    pub fn get(&self, i: usize) -> Option<(&OsStr, FileKind, u64)> {
+        let item = self.items.get(i)?;
+        let start = match i {
+            0 => 0,
+            _ => self.items[i - 1].end as usize,
+        };
+        let name = self.names.get(start..item.end as usize)?;
+        Some((OsStr::from_bytes(name), item.kind, item.ino))
+    }
 }
 
 /// Filesystem statistics.
@@ -430,8 +470,8 @@ pub trait Backend: Send + Sync + 'static {
         flags: i32,
         who: Caller,
     ) -> Result<(Arc<dyn OpenFile>, Attr)>;
-    /// The entries of the directory at `at`, without `.` and `..`.
-    fn read_dir(&self, at: At<'_>) -> Result<Vec<DirEntry>>;
+    /// Append the entries of the directory at `at` to `out`, without `.` and `..`.
+    fn read_dir(&self, at: At<'_>, out: &mut Listing) -> Result<()>;
     /// Filesystem statistics.
     fn statfs(&self) -> Result<StatFs>;
     /// Value of an extended attribute.
@@ -456,5 +496,25 @@ pub fn open(settings: &crate::config::BackendSettings) -> std::io::Result<Arc<dy
             }
             Ok(Arc::new(b))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_gives_back_every_name_in_order() {
+        let mut l = Listing::default();
+        assert!(l.is_empty());
+        let names = [".", "..", "a", "", "long name with ü", "z"];
+        for (i, n) in names.iter().enumerate() {
+            l.push(OsStr::new(n), FileKind::File, i as u64).unwrap();
+        }
+        assert_eq!(l.len(), names.len());
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(l.get(i), Some((OsStr::new(n), FileKind::File, i as u64)));
+        }
+        assert_eq!(l.get(names.len()), None);
     }
 }

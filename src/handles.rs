@@ -22,14 +22,13 @@
 //!   read or replace its binding (never across backend I/O).
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::backend::{FileKind, OpenFile};
+use crate::backend::{Listing, OpenFile};
 use crate::error::{Error, Result};
 
 const SHARDS: usize = 64;
@@ -307,23 +306,12 @@ pub struct LeftBehind {
     pub wrote: Vec<u64>,
 }
 
-/// One listed directory entry, resolved to our inode number when we know it.
-#[derive(Clone, Debug)]
-pub struct Listed {
-    /// Entry name (`.` and `..` included, first).
-    pub name: OsString,
-    /// Entry type.
-    pub kind: FileKind,
-    /// The backend's inode number of the entry (0 when unknown).
-    pub ino: u64,
-}
-
 /// An open directory: a listing taken at the first `readdir` from offset 0 and served from
 /// memory after, so offsets stay valid across a switch of volume.
 pub struct DirHandle {
     /// The directory's inode.
     pub ino: u64,
-    listing: Mutex<Option<Arc<Vec<Listed>>>>,
+    listing: Mutex<Option<Arc<Listing>>>,
 }
 
 impl DirHandle {
@@ -331,8 +319,8 @@ impl DirHandle {
     pub fn listing(
         &self,
         offset: u64,
-        list: impl FnOnce() -> Result<Vec<Listed>>,
-    ) -> Result<Arc<Vec<Listed>>> {
+        list: impl FnOnce() -> Result<Listing>,
+    ) -> Result<Arc<Listing>> {
         if offset != 0
             && let Some(l) = &*self.listing.lock()
         {

@@ -75,7 +75,7 @@ struct Node {
     /// Places of this node: (parent, name). Empty when detached. The first is the primary.
     places: SmallVec<[(u64, Name); 1]>,
     /// Names mapped in this directory (empty for non-directories).
-    children: HashMap<Name, u64>,
+    children: Children,
     /// Backend identity and the route generation it was observed under.
     id: Option<(u64, FileId)>,
     /// The directory pinned on one volume opening (boxed: most nodes have none).
@@ -106,6 +106,39 @@ impl Node {
 }
 
 type Shard = HashMap<u64, Node>;
+
+/// A directory's mapped names: no allocation, and one word in the node, until the first name
+/// (most nodes are files, and this is on every node).
+#[derive(Debug, Default)]
+#[allow(clippy::box_collection)] // the point: one word while empty
+struct Children(Option<Box<HashMap<Name, u64>>>);
+
+impl Children {
+    fn get(&self, name: &OsStr) -> Option<&u64> {
+        self.0.as_ref()?.get(name)
+    }
+
+    fn contains_key(&self, name: &OsStr) -> bool {
+        self.get(name).is_some()
+    }
+
+    fn insert(&mut self, name: Name, ino: u64) -> Option<u64> {
+        self.0.get_or_insert_default().insert(name, ino)
+    }
+
+    fn remove(&mut self, name: &OsStr) -> Option<u64> {
+        let map = self.0.as_mut()?;
+        let removed = map.remove(name);
+        if map.is_empty() {
+            self.0 = None;
+        }
+        removed
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|m| m.is_empty())
+    }
+}
 
 /// Where an inode is; see [`InodeTable::whereabouts`].
 #[derive(Clone)]
@@ -208,7 +241,7 @@ impl InodeTable {
                 kind: FileKind::Dir,
                 nlookup: 1,
                 places: SmallVec::new(),
-                children: HashMap::new(),
+                children: Children::default(),
                 id: None,
                 pin: None,
                 opened: 0,
@@ -545,7 +578,7 @@ impl InodeTable {
                     kind,
                     nlookup: 1,
                     places,
-                    children: HashMap::new(),
+                    children: Children::default(),
                     id: Some((generation, id)),
                     pin: None,
                     opened: 0,
@@ -621,9 +654,9 @@ impl InodeTable {
                     continue;
                 }
                 if let Some(pn) = l.node(*p)
-                    && pn.children.get(&**n) == Some(&other)
+                    && pn.children.get(n) == Some(&other)
                 {
-                    pn.children.remove(&**n);
+                    pn.children.remove(n);
                 }
             }
         }
@@ -777,8 +810,8 @@ impl InodeTable {
             }
             for (parent, name) in &places {
                 if let Some(p) = l.node(*parent) {
-                    if p.children.get(&**name) == Some(&ino) {
-                        p.children.remove(&**name);
+                    if p.children.get(name) == Some(&ino) {
+                        p.children.remove(name);
                     }
                     if p.unreferenced() {
                         todo.push(*parent);

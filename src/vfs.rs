@@ -18,9 +18,9 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::backend::{At, Attr, Caller, FileKind, OpenFile, SetAttr, StatFs};
+use crate::backend::{At, Attr, Caller, FileKind, Listing, OpenFile, SetAttr, StatFs};
 use crate::error::{Error, Kind, Result};
-use crate::handles::{Epoch, FileHandle, Handle, HandleTable, Listed};
+use crate::handles::{Epoch, FileHandle, Handle, HandleTable};
 use crate::inode::InodeTable;
 use crate::namespace::{Namespace, itself};
 use crate::routing::{Router, Ticket};
@@ -643,28 +643,10 @@ impl Vfs {
         self.run(Retry::Safe, |t| {
             let listing = dir.listing(offset, || {
                 let place = itself(self.ns.dir_of(t, ino)?);
-                let mut out = Vec::new();
-                out.push(Listed {
-                    name: ".".into(),
-                    kind: FileKind::Dir,
-                    ino: 0,
-                });
-                out.push(Listed {
-                    name: "..".into(),
-                    kind: FileKind::Dir,
-                    ino: 0,
-                });
-                out.extend(
-                    t.volume()
-                        .backend
-                        .read_dir(place.at())?
-                        .into_iter()
-                        .map(|e| Listed {
-                            name: e.name,
-                            kind: e.kind,
-                            ino: e.ino,
-                        }),
-                );
+                let mut out = Listing::default();
+                out.push(OsStr::new("."), FileKind::Dir, 0)?;
+                out.push(OsStr::new(".."), FileKind::Dir, 0)?;
+                t.volume().backend.read_dir(place.at(), &mut out)?;
                 Ok(out)
             })?;
             match self.fill_dir(t, ino, &listing, offset, plus, sink, &mut added) {
@@ -687,7 +669,7 @@ impl Vfs {
         &self,
         t: &Ticket,
         ino: u64,
-        listing: &[Listed],
+        listing: &Listing,
         offset: u64,
         plus: bool,
         sink: &mut dyn FnMut(DirItem<'_>) -> bool,
@@ -699,7 +681,10 @@ impl Vfs {
         } else {
             None
         };
-        for (i, item) in listing.iter().enumerate().skip(start) {
+        for i in start..listing.len() {
+            let Some((item_name, item_kind, item_ino)) = listing.get(i) else {
+                break;
+            };
             let next_offset = i as u64 + 1;
             let dots = i < 2;
             let fixed_ino = match i {
@@ -709,7 +694,7 @@ impl Vfs {
             };
             let (ino_of_item, kind, entry) = match (&dir, fixed_ino) {
                 (Some(dir), _) => {
-                    let name: &OsStr = if dots { OsStr::new("") } else { &item.name };
+                    let name: &OsStr = if dots { OsStr::new("") } else { item_name };
                     let attr = match t.volume().backend.stat(At { dir, name }) {
                         Ok(a) => a,
                         // Removed since the listing was taken: skip it.
@@ -720,23 +705,23 @@ impl Vfs {
                         // `.` and `..` are not counted as lookups.
                         Some(fixed) => (fixed, attr.kind, Some(Entry { ino: fixed, attr })),
                         None => {
-                            let e = self.ns.entry(t, ino, &item.name, attr)?;
+                            let e = self.ns.entry(t, ino, item_name, attr)?;
                             (e.ino, attr.kind, Some(e))
                         }
                     }
                 }
-                (None, Some(fixed)) => (fixed, item.kind, None),
+                (None, Some(fixed)) => (fixed, item_kind, None),
                 (None, None) => (
                     self.ns
                         .inodes
-                        .listing_ino(ino, &item.name, item.ino, UNKNOWN_INO),
-                    item.kind,
+                        .listing_ino(ino, item_name, item_ino, UNKNOWN_INO),
+                    item_kind,
                     None,
                 ),
             };
             let full = sink(DirItem {
                 next_offset,
-                name: &item.name,
+                name: item_name,
                 ino: ino_of_item,
                 kind,
                 entry,

@@ -34,7 +34,7 @@ use nix::unistd::{Gid, Uid, fchownat, linkat, symlinkat, unlinkat};
 
 use super::identity::{self, as_caller};
 use super::{
-    At, Attr, Backend, Caller, Dir, DirEntry, FileKind, OpenFile, Pin, RootMark, SetAttr, SetTime,
+    At, Attr, Backend, Caller, Dir, FileKind, Listing, OpenFile, Pin, RootMark, SetAttr, SetTime,
     StatFs,
 };
 use crate::error::{Error, Result};
@@ -434,10 +434,9 @@ impl Backend for DirBackend {
         Ok((Arc::new(file), attr))
     }
 
-    fn read_dir(&self, at: At<'_>) -> Result<Vec<DirEntry>> {
+    fn read_dir(&self, at: At<'_>, out: &mut Listing) -> Result<()> {
         let fd = self.open_at(at, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
         let mut dir = nix::dir::Dir::from_fd(fd)?;
-        let mut out = Vec::new();
         let raw = dir.as_raw_fd();
         for entry in dir.iter() {
             let entry = entry?;
@@ -460,13 +459,9 @@ impl Backend for DirBackend {
                     }
                 }
             };
-            out.push(DirEntry {
-                name: OsStr::from_bytes(bytes).to_os_string(),
-                kind,
-                ino: entry.ino(),
-            });
+            out.push(OsStr::from_bytes(bytes), kind, entry.ino())?;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn statfs(&self) -> Result<StatFs> {
@@ -973,7 +968,10 @@ mod tests {
                 .err()
                 .unwrap(),
         );
-        refused(b.read_dir(at("link").at()).unwrap_err());
+        refused(
+            b.read_dir(at("link").at(), &mut Listing::default())
+                .unwrap_err(),
+        );
         refused(
             b.create(
                 &Dir::Path("link".into()),
@@ -1090,9 +1088,10 @@ mod tests {
         let mut buf = [0u8; 16];
         let n = f.read_at(&mut buf, 0).unwrap();
         assert_eq!(&buf[..n], b"\0\0\0hello");
-        let names: Vec<_> = b.read_dir(at("").at()).unwrap();
+        let mut names = Listing::default();
+        b.read_dir(at("").at(), &mut names).unwrap();
         assert_eq!(names.len(), 1);
-        assert_eq!(names[0].name, "f");
+        assert_eq!(names.get(0).unwrap().0, "f");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{At, Attr, Backend, Caller, Dir, DirEntry, OpenFile, Pin, RootMark, SetAttr, StatFs};
+use super::{At, Attr, Backend, Caller, Dir, Listing, OpenFile, Pin, RootMark, SetAttr, StatFs};
 use crate::error::{Error, Result};
 
 /// What happens to a matching operation.
@@ -320,9 +320,9 @@ impl Backend for FaultyBackend {
         let (f, attr) = self.inner.create(&inner(dir), name, mode, flags, who)?;
         Ok((FaultyFile::wrap(f, &path, &self.faults), attr))
     }
-    fn read_dir(&self, at: At<'_>) -> Result<Vec<DirEntry>> {
+    fn read_dir(&self, at: At<'_>, out: &mut Listing) -> Result<()> {
         self.faults.check(&path_of(at))?;
-        self.inner.read_dir(at.with(&inner(at.dir)))
+        self.inner.read_dir(at.with(&inner(at.dir)), out)
     }
     fn statfs(&self) -> Result<StatFs> {
         self.faults.check(Path::new(""))?;
