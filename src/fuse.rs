@@ -296,6 +296,22 @@ fn open_flags(flags: i32, keep_cache: bool) -> FopenFlags {
     out
 }
 
+/// The flags of an `opendir` reply. The kernel may cache what it lists (a plain `readdir` is then
+/// answered from its page cache, no round trip; see [`crate::vfs::Opened::cache_listing`]), and
+/// keeps that listing for the next `opendir` only when the directory is unchanged and settled, by
+/// the rule of a file's pages. The kernel also drops it when it sees the directory's
+/// modification time change.
+fn dir_open_flags(o: crate::vfs::Opened) -> FopenFlags {
+    let mut out = FopenFlags::empty();
+    if o.cache_listing {
+        out |= FopenFlags::FOPEN_CACHE_DIR;
+        if o.keep_cache {
+            out |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
+    }
+    out
+}
+
 /// Answer an xattr request: the size when `size` is 0, the value when it fits, `ERANGE` else.
 fn reply_xattr(value: Vec<u8>, size: u32, reply: ReplyXattr) {
     let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
@@ -673,7 +689,7 @@ impl Filesystem for FuseFs {
             None,
             reply,
             || self.vfs.opendir(ino.0),
-            |reply, fh| reply.opened(FileHandle(fh), FopenFlags::empty()),
+            |reply, o| reply.opened(FileHandle(o.fh), dir_open_flags(o)),
         );
     }
 

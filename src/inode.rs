@@ -82,6 +82,12 @@ struct Node {
     pin: Option<Box<(u64, Pin)>>,
     /// What the file was when it was last opened ([`InodeTable::reopened`]; 0: never).
     opened: u64,
+    /// A directory: `readdirplus` was asked past the first batch since it was last opened
+    /// ([`InodeTable::dir_opened`]).
+    listed_with_stats: bool,
+    /// A directory: kernel lookups of names in it (wrapping), and the count at its last open.
+    child_lookups: u32,
+    lookups_at_open: u32,
 }
 
 impl Node {
@@ -245,6 +251,9 @@ impl InodeTable {
                 id: None,
                 pin: None,
                 opened: 0,
+                listed_with_stats: false,
+                child_lookups: 0,
+                lookups_at_open: 0,
             },
         );
         InodeTable {
@@ -349,6 +358,39 @@ impl InodeTable {
         };
         let before = std::mem::replace(&mut node.opened, stamp);
         before == stamp && stamp & SETTLED != 0
+    }
+
+    /// Directory `ino` is opened as `stamp`: whether the kernel may keep the listing it cached
+    /// (as [`InodeTable::reopened`] for a file's pages), and whether it should cache listings
+    /// of it at all: not when, since it was last opened, its entries were looked at one by one
+    /// (kernel lookups of names in it, or `readdirplus` asked past the first batch, as `ls -l`
+    /// does). A cached listing comes without attributes, so each entry would then cost a lookup
+    /// of its own, where `readdirplus` brings them in batches.
+    pub fn dir_opened(&self, ino: u64, stamp: u64) -> (bool, bool) {
+        let mut shard = self.shards[shard_of(ino)].lock();
+        let Some(node) = shard.get_mut(&ino) else {
+            return (false, false);
+        };
+        let before = std::mem::replace(&mut node.opened, stamp);
+        let looked = node.listed_with_stats || node.child_lookups != node.lookups_at_open;
+        node.listed_with_stats = false;
+        node.lookups_at_open = node.child_lookups;
+        (before == stamp && stamp & SETTLED != 0, !looked)
+    }
+
+    /// Count a kernel lookup of a name in directory `ino`.
+    pub fn note_child_lookup(&self, ino: u64) {
+        if let Some(node) = self.shards[shard_of(ino)].lock().get_mut(&ino) {
+            node.child_lookups = node.child_lookups.wrapping_add(1);
+        }
+    }
+
+    /// The kernel asked for directory `ino`'s entries with their attributes past the first
+    /// batch: whoever lists it looks at each entry as it goes.
+    pub fn note_listed_with_stats(&self, ino: u64) {
+        if let Some(node) = self.shards[shard_of(ino)].lock().get_mut(&ino) {
+            node.listed_with_stats = true;
+        }
     }
 
     /// Keep `pin` as directory `ino`'s pin on volume opening `volume` (unless the node is gone,
@@ -582,6 +624,9 @@ impl InodeTable {
                     id: Some((generation, id)),
                     pin: None,
                     opened: 0,
+                    listed_with_stats: false,
+                    child_lookups: 0,
+                    lookups_at_open: 0,
                 },
             );
             drop(l);

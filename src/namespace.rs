@@ -126,6 +126,14 @@ impl Namespace {
         self.inodes.reopened(ino, stamp)
     }
 
+    /// Directory `ino` was opened on `volume` with attributes `attr`: may the kernel keep the
+    /// listing it cached, and should it cache listings of it at all? See
+    /// [`InodeTable::dir_opened`].
+    pub fn dir_opened(&self, ino: u64, attr: &Attr, volume: &Volume) -> (bool, bool) {
+        let stamp = open_stamp(attr, volume.serial(), std::time::SystemTime::now());
+        self.inodes.dir_opened(ino, stamp)
+    }
+
     /// Continue on the same volume under `generation`: identities and pins stay valid.
     pub fn carry(&self, generation: u64) {
         self.inodes.carry_generation(generation);

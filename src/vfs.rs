@@ -40,8 +40,11 @@ pub struct Entry {
 pub struct Opened {
     /// The handle number.
     pub fh: u64,
-    /// The kernel may keep the pages it cached for the file (see [`crate::namespace`]).
+    /// The kernel may keep the pages it cached for the file, or the listing it cached for the
+    /// directory (see [`crate::namespace`]).
     pub keep_cache: bool,
+    /// A directory: let the kernel cache its listing (see [`InodeTable::dir_opened`]).
+    pub cache_listing: bool,
 }
 
 /// One item of a directory listing, as handed to the adapter.
@@ -304,6 +307,7 @@ impl Vfs {
             let attr = t.volume().backend.stat(At { dir: &dir, name })?;
             let entry = self.ns.entry(t, parent, name, attr)?;
             self.ns.pin_found(t, &dir, name, &entry);
+            self.ns.inodes.note_child_lookup(parent);
             Ok(entry)
         })
     }
@@ -490,7 +494,11 @@ impl Vfs {
                 .ns
                 .handles
                 .open_file(ino, flags, epoch(t), file, truncated, opened_as);
-            Ok(Opened { fh, keep_cache })
+            Ok(Opened {
+                fh,
+                keep_cache,
+                cache_listing: false,
+            })
         })
     }
 
@@ -607,13 +615,20 @@ impl Vfs {
     }
 
     /// `opendir`.
-    pub fn opendir(&self, ino: u64) -> Result<u64> {
+    pub fn opendir(&self, ino: u64) -> Result<Opened> {
         self.run(Retry::Safe, |t| {
             let (_, attr) = self.ns.located(t, ino)?;
             if attr.kind != FileKind::Dir {
                 return Err(Error::posix(libc::ENOTDIR));
             }
-            Ok(self.ns.handles.open_dir(ino))
+            // The kernel's cached listing follows the rule of a file's cached pages.
+            let (keep_cache, cache_listing) = self.ns.dir_opened(ino, &attr, t.volume());
+            let fh = self.ns.handles.open_dir(ino);
+            Ok(Opened {
+                fh,
+                keep_cache,
+                cache_listing,
+            })
         })
     }
 
@@ -639,6 +654,9 @@ impl Vfs {
         let Handle::Dir(dir) = &*h else {
             return Err(Error::invalid(libc::EBADF));
         };
+        if plus && offset > 0 {
+            self.ns.inodes.note_listed_with_stats(ino);
+        }
         let mut added = 0usize;
         self.run(Retry::Safe, |t| {
             let listing = dir.listing(offset, || {
@@ -846,7 +864,7 @@ mod tests {
             WaitPolicy::default(),
         ));
         let vfs = Vfs::new(router, VfsOptions::default());
-        let fh = vfs.opendir(ROOT).unwrap();
+        let fh = vfs.opendir(ROOT).unwrap().fh;
         faults.add("zz", Fault::Fail(libc::EIO));
         let mut seen = Vec::new();
         let mut next = 0;

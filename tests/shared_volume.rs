@@ -515,3 +515,83 @@ fn cached_pages_are_kept_across_opens_only_while_the_file_is_unchanged() {
     drop(f);
     assert!(read_plain(&mnt) == pattern(LEN, 2), "last read");
 }
+
+#[test]
+fn a_cached_listing_is_kept_only_while_the_directory_is_unchanged() {
+    // No attribute caching: every look at an entry is a lookup the daemon sees.
+    let fx = Fixture::with(1, "attr_ttl = \"0s\"\nentry_ttl = \"0s\"\n", "");
+    let dir = fx.vol(0, "d");
+    for d in ["d", "e", "g"] {
+        fs::create_dir(fx.vol(0, d)).unwrap();
+        for i in 0..10 {
+            fs::write(fx.vol(0, &format!("{d}/f{i}")), b"x").unwrap();
+        }
+    }
+    // The last one made.
+    wait_settled(&fx.vol(0, "g"));
+    let names = |d: &str| -> std::collections::BTreeSet<String> {
+        fs::read_dir(fx.path(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    // Requests the daemon answered; a worker counts its request just after answering it.
+    let listings = || -> u64 {
+        let ops = fx.app().deadlines().op_summaries();
+        ops.iter()
+            .filter(|s| s.op.starts_with("readdir"))
+            .map(|s| s.count)
+            .sum()
+    };
+    let counted = |n: u64| {
+        wait_until(Duration::from_secs(10), "requests counted", || {
+            listings() >= n
+        })
+    };
+    // A first listing is two requests: the names, and the end.
+    assert_eq!(names("d").len(), 10);
+    counted(2);
+    let asked = listings();
+    // Unchanged and settled: the kernel answers the next listings from its cache.
+    assert_eq!(names("d").len(), 10);
+    assert_eq!(names("d").len(), 10);
+    // Requests answered before those of another directory's first listing are counted by then.
+    assert_eq!(names("e").len(), 10);
+    counted(asked + 2);
+    assert_eq!(
+        listings(),
+        asked + 2,
+        "a listing of an unchanged directory asked the daemon"
+    );
+
+    // A listing that looks at each entry as it goes (`ls -l`): the first is still answered from
+    // the cache (one lookup per entry follows); the next is asked for again, so the entries come
+    // with their attributes in one request instead of a lookup each.
+    let with_stats = |d: &str| {
+        for e in fs::read_dir(fx.path(d)).unwrap() {
+            e.unwrap().metadata().unwrap();
+        }
+    };
+    with_stats("e");
+    assert_eq!(names("g").len(), 10);
+    counted(asked + 4);
+    assert_eq!(
+        listings(),
+        asked + 4,
+        "a listing of an unchanged directory asked the daemon"
+    );
+    with_stats("e");
+    counted(asked + 5);
+
+    // Another client adds a name and puts the directory's modification time back, so only its
+    // change time tells: the next listing has the name.
+    let modified = fs::metadata(&dir).unwrap().modified().unwrap();
+    fs::write(dir.join("new"), b"y").unwrap();
+    fs::File::open(&dir)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(modified))
+        .unwrap();
+    assert_eq!(fs::metadata(&dir).unwrap().modified().unwrap(), modified);
+    let now = names("d");
+    assert!(now.contains("new"), "stale listing: {} names", now.len());
+}
