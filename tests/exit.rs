@@ -29,6 +29,24 @@ fn final_lines(m: &BinMount) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Start the binary and wait until its monitor saw every volume of `layout` healthy: a volume is
+/// deleted only after it was seen healthy, and on a loaded machine the round before the mount
+/// may have timed out.
+fn start_judged(layout: Layout, names: &[&str]) -> BinMount {
+    let m = BinMount::start(layout, &["--log-format", "json"]);
+    wait_until(Duration::from_secs(30), "every volume seen healthy", || {
+        let lines = log_lines(&m);
+        names.iter().all(|n| {
+            lines.iter().any(|v| {
+                v["message"] == "volume health changed"
+                    && v["volume"] == *n
+                    && v["to"].as_str().is_some_and(|t| t.starts_with("healthy"))
+            })
+        })
+    });
+    m
+}
+
 fn populate(vols: &[std::path::PathBuf]) {
     for (i, v) in vols.iter().enumerate() {
         fs::create_dir_all(v.join("both")).unwrap();
@@ -41,7 +59,7 @@ fn no_usable_standby_exits_3_and_unmounts() {
     let tail = format!("{FAST}\n[failover]\ndrain_timeout = \"1s\"\n");
     let layout = Layout::new(2, "", &tail);
     populate(&layout.vols);
-    let mut m = BinMount::start(layout, &["--log-format", "json"]);
+    let mut m = start_judged(layout, &["v0", "v1"]);
     let mnt = m.mnt.clone();
     // The standby goes first, then the primary: nothing is left.
     fs::rename(&m.layout.vols[1], m.layout.dir.path().join("v1.gone")).unwrap();
@@ -82,7 +100,7 @@ fn on_delete_exit_does_not_try_the_standby() {
     let tail = format!("{FAST}\n[failover]\non_delete = \"exit\"\ndrain_timeout = \"500ms\"\n");
     let layout = Layout::new(2, "", &tail);
     populate(&layout.vols);
-    let mut m = BinMount::start(layout, &["--log-format", "json"]);
+    let mut m = start_judged(layout, &["v0", "v1"]);
     fs::rename(&m.layout.vols[0], m.layout.dir.path().join("v0.gone")).unwrap();
     assert_eq!(m.wait(Duration::from_secs(20)), Some(3), "{}", m.stderr());
     assert_eq!(final_lines(&m).len(), 1);
@@ -96,7 +114,7 @@ fn fenced_mount_answers_every_operation_until_an_operator_unmounts() {
     );
     let layout = Layout::new(1, "", &tail);
     populate(&layout.vols);
-    let mut m = BinMount::start(layout, &["--log-format", "json"]);
+    let mut m = start_judged(layout, &["v0"]);
     let mnt = m.mnt.clone();
     fs::rename(&m.layout.vols[0], m.layout.dir.path().join("v0.gone")).unwrap();
     wait_until(Duration::from_secs(20), "the final line", || {
@@ -153,7 +171,7 @@ impl SwitchInProgress {
             masters = cluster.addrs(),
         );
         fs::write(&layout.config, config).unwrap();
-        let m = BinMount::start(layout, &["--log-format", "json"]);
+        let m = start_judged(layout, &["v0", "v1"]);
         // A read that hangs inside the primary.
         fx.faults[0].add("vol0/both/a", failoverfs::backend::faulty::Fault::Block);
         let path = m.mnt.join("both/a");

@@ -166,6 +166,7 @@ impl Fixture {
             })),
         };
         let app = App::start_with(&settings, hooks).expect("mount");
+        wait_judged(&app);
         Fixture {
             app: Some(app),
             faults,
@@ -499,5 +500,31 @@ pub fn switch_to(config: &Path, target: &str) -> String {
             String::from_utf8_lossy(&out.stderr)
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Wait (at most a minute, without failing) until the monitor judged every volume: healthy, or
+/// never healthy (a configuration error). A volume is deleted only after it was seen healthy,
+/// so a test that removes a volume must not race that first healthy answer: on a loaded machine
+/// the round before the mount may have timed out.
+fn wait_judged(app: &App) {
+    use failoverfs::monitor::Health;
+    use failoverfs::probe::TransientKind;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let judged = app.monitor().states().iter().all(|s| {
+            matches!(
+                s.health,
+                Health::Healthy { .. }
+                    | Health::Unreachable {
+                        kind: TransientKind::NeverHealthy,
+                        ..
+                    }
+            )
+        });
+        if judged {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
