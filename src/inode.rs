@@ -91,6 +91,13 @@ struct Node {
 }
 
 impl Node {
+    /// Record the open stamp `stamp`; whether the kernel may keep what it cached: the same stamp
+    /// as at the previous open, and settled then.
+    fn reopened_as(&mut self, stamp: u64) -> bool {
+        let before = std::mem::replace(&mut self.opened, stamp);
+        before == stamp && stamp & SETTLED != 0
+    }
+
     fn unreferenced(&self) -> bool {
         self.nlookup == 0 && self.children.is_empty()
     }
@@ -356,8 +363,7 @@ impl InodeTable {
         let Some(node) = shard.get_mut(&ino) else {
             return false;
         };
-        let before = std::mem::replace(&mut node.opened, stamp);
-        before == stamp && stamp & SETTLED != 0
+        node.reopened_as(stamp)
     }
 
     /// Directory `ino` is opened as `stamp`: whether the kernel may keep the listing it cached
@@ -371,11 +377,11 @@ impl InodeTable {
         let Some(node) = shard.get_mut(&ino) else {
             return (false, false);
         };
-        let before = std::mem::replace(&mut node.opened, stamp);
+        let keep = node.reopened_as(stamp);
         let looked = node.listed_with_stats || node.child_lookups != node.lookups_at_open;
         node.listed_with_stats = false;
         node.lookups_at_open = node.child_lookups;
-        (before == stamp && stamp & SETTLED != 0, !looked)
+        (keep, !looked)
     }
 
     /// Count a kernel lookup of a name in directory `ino`.

@@ -122,16 +122,14 @@ impl Namespace {
     /// `ino` was opened on `volume` with attributes `attr`: may the kernel keep the pages it
     /// cached for it? See the module docs.
     pub fn opened(&self, ino: u64, attr: &Attr, volume: &Volume) -> bool {
-        let stamp = open_stamp(attr, volume.serial(), std::time::SystemTime::now());
-        self.inodes.reopened(ino, stamp)
+        self.inodes.reopened(ino, stamp_now(attr, volume))
     }
 
     /// Directory `ino` was opened on `volume` with attributes `attr`: may the kernel keep the
     /// listing it cached, and should it cache listings of it at all? See
     /// [`InodeTable::dir_opened`].
     pub fn dir_opened(&self, ino: u64, attr: &Attr, volume: &Volume) -> (bool, bool) {
-        let stamp = open_stamp(attr, volume.serial(), std::time::SystemTime::now());
-        self.inodes.dir_opened(ino, stamp)
+        self.inodes.dir_opened(ino, stamp_now(attr, volume))
     }
 
     /// Continue on the same volume under `generation`: identities and pins stay valid.
@@ -390,6 +388,10 @@ pub(crate) fn pin_limit() -> usize {
 /// one before leaves them as they were. A change *after* a settled stamp was taken shows in them.
 pub const SETTLE_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
+fn stamp_now(attr: &Attr, volume: &Volume) -> u64 {
+    open_stamp(attr, volume.serial(), std::time::SystemTime::now())
+}
+
 /// What a file is at an `open`, for [`InodeTable::reopened`]: a digest of the volume opening,
 /// the backend identity, size, modification and change times, with the [`SETTLED`] bit set when
 /// both times lie at least [`SETTLE_TIME`] before `now`. Never 0 (the "never opened" mark).
@@ -405,4 +407,91 @@ pub fn open_stamp(attr: &Attr, volume: u64, now: std::time::SystemTime) -> u64 {
         .duration_since(newest)
         .is_ok_and(|age| age >= SETTLE_TIME);
     (h.finish() & !SETTLED) | 2 | if settled { SETTLED } else { 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::FileId;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    fn attr(changed: SystemTime) -> Attr {
+        Attr {
+            kind: FileKind::File,
+            perm: 0o644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size: 10,
+            blocks: 1,
+            blksize: 4096,
+            atime: changed,
+            mtime: changed,
+            ctime: changed,
+            id: FileId {
+                dev: 1,
+                ino: 2,
+                birth: 3,
+            },
+        }
+    }
+
+    #[test]
+    fn a_stamp_settles_two_seconds_after_the_last_change_and_names_its_volume() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let old = attr(now - SETTLE_TIME);
+        assert_ne!(open_stamp(&old, 7, now) & SETTLED, 0, "settled");
+        let fresh = attr(now - SETTLE_TIME + Duration::from_millis(1));
+        assert_eq!(
+            open_stamp(&fresh, 7, now) & SETTLED,
+            0,
+            "changed too recently"
+        );
+        let mut ctime_fresh = old;
+        ctime_fresh.ctime = fresh.ctime;
+        assert_eq!(
+            open_stamp(&ctime_fresh, 7, now) & SETTLED,
+            0,
+            "ctime counts"
+        );
+        let future = attr(now + Duration::from_secs(60));
+        assert_eq!(
+            open_stamp(&future, 7, now) & SETTLED,
+            0,
+            "another clock ahead"
+        );
+        assert_ne!(open_stamp(&old, 7, now), 0);
+        // Another volume opening (a switch), size, times or identity: another stamp.
+        let base = open_stamp(&old, 7, now);
+        assert_ne!(open_stamp(&old, 8, now), base);
+        let mut other = old;
+        other.size = 11;
+        assert_ne!(open_stamp(&other, 7, now), base);
+        let mut other = old;
+        other.ctime += Duration::from_nanos(1);
+        assert_ne!(open_stamp(&other, 7, now) | SETTLED, base | SETTLED);
+        let mut other = old;
+        other.id.birth = 4;
+        assert_ne!(open_stamp(&other, 7, now), base);
+    }
+
+    #[test]
+    fn pages_are_kept_only_for_a_settled_stamp_seen_twice_in_a_row() {
+        let t = InodeTable::new();
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let settled = open_stamp(&attr(now - SETTLE_TIME), 7, now);
+        let unsettled = open_stamp(&attr(now), 7, now);
+        let on_standby = open_stamp(&attr(now - SETTLE_TIME), 8, now);
+        assert!(!t.reopened(ROOT, settled), "first open");
+        assert!(t.reopened(ROOT, settled), "unchanged");
+        assert!(!t.reopened(ROOT, on_standby), "after a switch");
+        assert!(
+            !t.reopened(ROOT, settled),
+            "back: the previous open differed"
+        );
+        assert!(!t.reopened(ROOT, unsettled));
+        assert!(!t.reopened(ROOT, unsettled), "never kept unsettled");
+        assert!(!t.reopened(42, settled), "unknown inode");
+    }
 }

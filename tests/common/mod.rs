@@ -527,4 +527,6 @@ fn wait_judged(app: &App) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Some tests start with a volume that stays unreachable on purpose; say so, do not fail.
+    eprintln!("wait_judged: not every volume judged after 60 s; going on");
 }
