@@ -416,6 +416,7 @@ impl App {
         let cache: Arc<dyn KernelCache> = Arc::new(NotifierCache::new(mounted.notifier()));
         let events = Events::start(runtime.handle(), &settings.events, &settings.fleet());
         watch_volume_states(runtime.handle(), &monitor, &events);
+        give_memory_back(runtime.handle(), vfs.clone());
         let controller =
             Controller::new(router.clone(), vfs.clone(), volumes, failover, Some(cache))
                 .with_reopening(opener, watches)
@@ -627,6 +628,37 @@ fn watch_volume_states(rt: &tokio::runtime::Handle, monitor: &Monitor, events: &
             }
         });
     }
+}
+
+/// How often [`give_memory_back`] looks, and by how many nodes the inode table must have grown
+/// or shrunk since it last gave memory back.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+const TRIM_AFTER_NODES: usize = 10_000;
+
+/// Hand the allocator's free pages back to the system after the inode table grew or shrank a
+/// lot. The allocator keeps what the table's maps left behind when they grew, and what forgotten
+/// nodes and finished listings freed, until asked: after `ls -l` of 200,000 files that is about
+/// 40 bytes per inode (measured: 250 resident against 208 after a trim). A trim walks the free
+/// lists for a few milliseconds; it runs on a blocking thread, never in a FUSE worker.
+fn give_memory_back(rt: &tokio::runtime::Handle, vfs: Arc<Vfs>) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    rt.spawn(async move {
+        let mut last = vfs.inodes().stats().nodes;
+        let mut tick = tokio::time::interval(TRIM_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = vfs.inodes().stats().nodes;
+            if now.abs_diff(last) < TRIM_AFTER_NODES {
+                continue;
+            }
+            last = now;
+            // SAFETY: malloc_trim takes no pointers; glibc locks each arena while it trims it.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        }
+    });
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = (rt, vfs);
 }
 
 /// Which volume of the table to serve first: the one the state file names, when it names one

@@ -29,7 +29,7 @@ use smallvec::SmallVec;
 use crate::backend::{At, Attr, Caller, Dir, FileKind, Place};
 use crate::error::{Error, Result};
 use crate::handles::{Epoch, FileHandle, HandleTable, LeftBehind, Reopen, StaleWhy};
-use crate::inode::{InodeTable, MAX_DEPTH, Name, ROOT, SETTLED, Seen, Whereabouts};
+use crate::inode::{IdDigest, InodeTable, MAX_DEPTH, Name, ROOT, SETTLED, Seen, Whereabouts};
 use crate::routing::{Ticket, Volume};
 use crate::vfs::Entry;
 
@@ -233,7 +233,8 @@ impl Namespace {
             };
             match check(place.at()) {
                 Ok((v, attr)) => match known {
-                    Some((generation, id)) if generation == t.generation() && id != attr.id => {}
+                    Some((generation, id))
+                        if generation == t.generation() && id != IdDigest::of(&attr.id) => {}
                     _ => return Ok((place, v)),
                 },
                 Err(e) if e.errno() == libc::ENOENT && ino != ROOT => {}
@@ -301,7 +302,7 @@ impl Namespace {
             };
             if let Some((generation, id)) = known
                 && generation == t.generation()
-                && id != attr.id
+                && id != IdDigest::of(&attr.id)
             {
                 return Err(Error::posix(libc::ESTALE));
             }
