@@ -11,6 +11,7 @@
 //! switch controller, never from a worker thread (it can deadlock the channel).
 
 pub mod deadline;
+pub mod guard;
 pub mod session;
 
 use std::cell::RefCell;

@@ -33,6 +33,19 @@ enum Command {
     /// Switch a running mount to another volume by hand (maintenance, failback), through the
     /// same drain and swap as an automatic switch. Exit 0 when it switched, 1 otherwise.
     Switch(SwitchArgs),
+    /// Internal: the mount guard (see `failoverfs::fuse::guard`), started by `mount`.
+    #[command(name = "__guard", hide = true)]
+    Guard(GuardArgs),
+}
+
+#[derive(Args, Debug)]
+struct GuardArgs {
+    #[arg(long)]
+    pid: i32,
+    #[arg(long)]
+    connection: u64,
+    #[arg(long)]
+    path: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -257,9 +270,18 @@ fn switch(args: &SwitchArgs) -> Exit {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let exit = match &cli.command {
+        Command::Guard(g) => {
+            return ExitCode::from(failoverfs::fuse::guard::run(g.pid, g.connection, &g.path));
+        }
         Command::Mount(args) => match load(&args.common, Some(args)) {
             Ok(settings) => {
                 init_logging(&settings.log);
+                match std::env::current_exe() {
+                    Ok(me) => failoverfs::fuse::guard::set_program(me),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no mount guard: cannot find our own binary")
+                    }
+                }
                 match failoverfs::app::App::start(&settings) {
                     Ok(app) => app.run(),
                     Err(e) => {

@@ -7,7 +7,8 @@
 //!   aborted so the worker threads end.
 //! - Dropping a [`Mounted`] unmounts it the same way (a test that fails still unmounts).
 //! - With `fusermount3` available the mount uses `auto_unmount`, so even `kill -9` of the
-//!   process leaves no dead mount behind: the helper unmounts when our descriptor closes.
+//!   process leaves no dead mount behind: the helper unmounts when our descriptor closes, and
+//!   the binary's mount guard ([`super::guard`]) when the helper does not.
 
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -105,8 +106,13 @@ impl Mounted {
 
         let session = Session::new(fs, &opts.path, &cfg)?;
         let notifier = session.notifier();
-        let session = session.spawn()?;
         let connection = fuse_mount_at(&opts.path);
+        // Before the workers open their descriptors of the connection: the guard must not
+        // inherit one (it would keep the connection alive).
+        if auto_unmount && let Some(conn) = connection {
+            super::guard::spawn(&opts.path, conn);
+        }
+        let session = session.spawn()?;
         Ok(Mounted {
             path: opts.path.clone(),
             session: Some(session),
@@ -223,7 +229,7 @@ fn fusermount_available() -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join("fusermount3").is_file()))
 }
 
-fn fusermount_unmount(path: &Path) -> io::Result<()> {
+pub(super) fn fusermount_unmount(path: &Path) -> io::Result<()> {
     let status = std::process::Command::new("fusermount3")
         .arg("-u")
         .arg("-z")

@@ -328,6 +328,11 @@ impl BinMount {
         self.spawn(extra_args, &[]);
     }
 
+    /// Start again with the same arguments after the process ended (or was killed).
+    pub fn start_again(&mut self) {
+        self.spawn(&[], &[]);
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
