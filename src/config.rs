@@ -1182,7 +1182,7 @@ impl Settings {
     pub fn prepare_paths(&self, origin: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
         let create = self.mount.create_missing;
         if let Some(path) = &self.mount.path {
-            ensure_dir(path, create).map_err(|message| ConfigError {
+            ensure_dir(path, create, true).map_err(|message| ConfigError {
                 origin: origin("mount.path"),
                 key: "mount.path".into(),
                 message,
@@ -1192,7 +1192,7 @@ impl Settings {
             match &v.backend {
                 BackendSettings::Dir { path } => {
                     let key = format!("volumes[{i}].backend.path");
-                    ensure_dir(path, create).map_err(|message| ConfigError {
+                    ensure_dir(path, create, false).map_err(|message| ConfigError {
                         origin: origin(&key),
                         key,
                         message,
@@ -1399,8 +1399,12 @@ pub fn resolve_parent(path: &Path) -> PathBuf {
     }
 }
 
-fn ensure_dir(path: &Path, create: bool) -> Result<(), String> {
+/// `path` is a directory (created when missing and `create`). With `dead_mount_ok`, a dead FUSE
+/// mount there ("Transport endpoint is not connected") passes: `mount` takes a dead failoverfs
+/// mount away and refuses any other FUSE mount (see `fuse::session::detach_dead_mount`).
+fn ensure_dir(path: &Path, create: bool, dead_mount_ok: bool) -> Result<(), String> {
     match std::fs::metadata(path) {
+        Err(e) if dead_mount_ok && e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
         Ok(md) if md.is_dir() => Ok(()),
         Ok(_) => Err(format!("{} exists but is not a directory", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {

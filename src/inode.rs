@@ -32,6 +32,7 @@
 //!   keeps its number when its name is found again on the new volume.
 //! - No global lock: nodes live in shards by inode number, and an operation that spans nodes
 //!   locks their shards in ascending shard order, then re-checks what it read before locking.
+//!   The identity index's locks are never held together with a shard's, in either order.
 //! - A directory node may hold a [`Pin`] of its directory on one volume opening (by
 //!   [`crate::routing::Volume::serial`]): operations in it then address that very directory,
 //!   never a path that another client's rename may have redirected. A pin is only handed out
@@ -103,11 +104,11 @@ struct Node {
 /// A node's `id_generation` when its backend identity is not known.
 const NOT_SEEN: u32 = u32::MAX;
 
-/// A route generation as a node stores it. Generations count switches and remounts, so 32 bits
-/// never run out in practice; past that they saturate, which only makes later generations look
-/// alike to the nodes (identities compared, never adopted unchecked).
+/// A route generation as a node stores it. Generations count switches and remounts (one each),
+/// so 32 bits never run out in practice; past `NOT_SEEN - 1` they saturate, and the table then
+/// takes every lookup for the first after a switch (hard links are no longer joined).
 fn pack_generation(generation: u64) -> u32 {
-    u32::try_from(generation).unwrap_or(NOT_SEEN - 1)
+    generation.min(u64::from(NOT_SEEN - 1)) as u32
 }
 
 impl Node {
@@ -656,8 +657,8 @@ impl InodeTable {
                         // After a switch a name's node adopts what the name holds now, unless
                         // another node already adopted that file (a hard link on this volume):
                         // then the name joins that node below, one file one number. The
-                        // identity map is locked before shard locks, never under them: ask
-                        // without the locks, then look again (only on this post-switch path).
+                        // identity index and the shards are never locked together: ask without
+                        // the shard locks, then look again (only on this post-switch path).
                         match adopted_elsewhere {
                             Some(elsewhere) => !elsewhere,
                             None => {
@@ -933,9 +934,9 @@ impl InodeTable {
             }
             let places = std::mem::take(&mut node.places);
             let id = node.seen();
-            if let Some(removed) = l.shard(ino).remove(&ino)
-                && removed.dir.pin().is_some()
-            {
+            // Dropped after the locks: its pin, if any, is a descriptor to close.
+            let removed = l.shard(ino).remove(&ino);
+            if removed.as_ref().is_some_and(|n| n.dir.pin().is_some()) {
                 self.pins.fetch_sub(1, Ordering::Relaxed);
             }
             for (parent, name) in &places {
@@ -949,6 +950,7 @@ impl InodeTable {
                 }
             }
             drop(l);
+            drop(removed);
             self.nodes.fetch_sub(1, Ordering::Relaxed);
             self.forget_id(ino, id);
         }

@@ -349,17 +349,47 @@ fn kill_9_leaves_no_dead_mount() {
             "killed, not exited"
         );
         wait_until(
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             "the dead mount to be detached",
             || !is_mounted(&m.layout.mnt),
         );
         // An ordinary directory again, not "Transport endpoint is not connected".
         std::fs::read_dir(&m.layout.mnt).expect("mount point readable");
         // And the guard is gone with its daemon.
-        wait_until(Duration::from_secs(10), "the mount guard to exit", || {
+        wait_until(Duration::from_secs(30), "the mount guard to exit", || {
             guards_of(&m.layout.mnt) == 0
         });
     }
+}
+
+#[test]
+fn a_dead_mount_left_by_a_killed_daemon_is_detached_at_the_next_start() {
+    // Without fusermount3 there is neither auto_unmount nor a mount guard: a SIGKILL leaves the
+    // mount dead, as for a container's PID 1, whose helpers die with it.
+    let layout = Layout::new(1, "", "");
+    let mnt = layout.mnt.clone();
+    let mut m = BinMount::start_with_env(
+        layout,
+        &[],
+        &[("FUSERMOUNT_PATH", "/nonexistent/fusermount3")],
+        &mnt,
+    );
+    m.signal(Signal::SIGKILL);
+    assert!(m.wait(Duration::from_secs(10)).is_none(), "killed");
+    assert!(is_mounted(&mnt), "the dead mount stays");
+    assert_eq!(
+        std::fs::metadata(&mnt).unwrap_err().raw_os_error(),
+        Some(libc::ENOTCONN)
+    );
+    // The next start takes it away and serves (start_again waits for the mount to answer).
+    m.start_again();
+    std::fs::write(mnt.join("f"), b"after").unwrap();
+    assert_eq!(std::fs::read(m.layout.vols[0].join("f")).unwrap(), b"after");
+    assert!(
+        m.stderr().contains("detached a dead failoverfs mount"),
+        "{}",
+        m.stderr()
+    );
 }
 
 /// Mount guards (`failoverfs __guard`) running for mount point `mnt`.
@@ -381,7 +411,7 @@ fn a_clean_stop_leaves_no_guard() {
     assert_eq!(guards_of(&m.layout.mnt), 1, "one guard per mount");
     m.signal(Signal::SIGTERM);
     assert_eq!(m.wait(Duration::from_secs(20)), Some(0), "{}", m.stderr());
-    wait_until(Duration::from_secs(10), "the mount guard to exit", || {
+    wait_until(Duration::from_secs(30), "the mount guard to exit", || {
         guards_of(&m.layout.mnt) == 0
     });
     assert!(!is_mounted(&m.layout.mnt));
@@ -404,6 +434,10 @@ fn a_second_mount_on_a_served_mount_point_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already mounted"), "{stderr}");
+    assert!(
+        !stderr.contains("detached"),
+        "a live mount is never taken away: {stderr}"
+    );
     // The first mount is untouched and still serves.
     std::fs::write(first.layout.mnt.join("f"), b"x").unwrap();
     assert_eq!(std::fs::read(first.layout.vols[0].join("f")).unwrap(), b"x");

@@ -688,6 +688,7 @@ fn changes_wait_while_the_primary_is_suspected_and_land_on_the_standby() {
     // Reads go on meanwhile.
     assert_eq!(fs::read(fx.path("both/a")).unwrap(), content(0, "both/a"));
     let path = fx.path("w/held");
+    let issued = SystemTime::now();
     let writer = std::thread::spawn(move || {
         let r = fs::write(&path, b"written while suspected");
         (r.map_err(|e| e.raw_os_error()), SystemTime::now())
@@ -698,6 +699,11 @@ fn changes_wait_while_the_primary_is_suspected_and_land_on_the_standby() {
     let started = fx.app().audit()[0].started_at;
     let (result, done) = writer.join().unwrap();
     assert_eq!(result, Ok(()));
+    // Issued during the suspicion (the switch had not begun) and done only after it began.
+    assert!(
+        issued < started,
+        "the suspicion ended before the write was issued"
+    );
     assert!(done >= started, "the write did not wait for the switch");
     assert_eq!(
         fs::read(fx.vol(1, "w/held")).unwrap(),

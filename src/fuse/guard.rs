@@ -10,26 +10,26 @@
 //! in about one `kill -9` in three.
 //!
 //! The guard waits for the daemon to have *exited* (a pidfd turns readable only after every file
-//! of the process was released, so the connection is already gone) and then detaches the mount,
-//! if it is still the one the daemon made: the same mount point and the same FUSE connection
-//! number in `/proc/self/mountinfo`. A daemon restarted on the same mount point has another
-//! connection, so its mount is never touched; the mount itself is never opened or stat'ed.
+//! of the process was released, so the connection is already gone) and then detaches the mount
+//! if it is still the daemon's and dead: the same mount point and FUSE connection number in
+//! `/proc/self/mountinfo`, and a `statfs` answered at once with `ENOTCONN`
+//! ([`super::session::detach_dead_mount`]). Connection numbers are reused (the lowest free one),
+//! so a daemon restarted on the same mount point may get the old number: its mount answers, or
+//! (still in its handshake) does not answer within a second, and is left alone either way.
 //!
 //! Invariants:
-//! - Only the `failoverfs mount` binary starts a guard ([`set_program`]), only with
-//!   `auto_unmount` (so the mount is one the system lets us take down), and before any FUSE worker
-//!   descriptor exists (the guard must not hold the connection open itself).
-//! - The guard ignores terminal and stop signals and exits as soon as the daemon is gone: it
-//!   never outlives the daemon by more than one look at the mount table.
+//! - Only the `failoverfs mount` binary starts a guard ([`set_program`]), and only with
+//!   `auto_unmount` (so the mount is one the system lets us take down).
+//! - The guard never holds a descriptor of the connection (fuser's are close-on-exec), so the
+//!   connection dies with the daemon.
+//! - The guard ignores terminal, hang-up and stop signals and exits as soon as the daemon is
+//!   gone: it never outlives the daemon by more than one look at the mount.
 
-use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-
-use nix::mount::{MntFlags, umount2};
 
 static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
 
@@ -80,13 +80,10 @@ pub fn run(pid: i32, connection: u64, path: &Path) -> u8 {
         // Unmounted by the daemon on its way out, or by fusermount3's helper.
         return 0;
     }
-    let detached = if nix::unistd::geteuid().is_root() {
-        umount2(path, MntFlags::MNT_DETACH).map_err(io::Error::from)
-    } else {
-        super::session::fusermount_unmount(path)
-    };
-    match detached {
-        Ok(()) => {
+    match super::session::detach_dead_mount(path) {
+        // Alive: another daemon's mount that got the same connection number.
+        Ok(false) => 0,
+        Ok(true) => {
             eprintln!(
                 "failoverfs guard: the daemon (pid {pid}) ended without unmounting; detached {}",
                 path.display()
@@ -117,6 +114,7 @@ fn block_signals() {
         Signal::SIGHUP,
         Signal::SIGQUIT,
         Signal::SIGPIPE,
+        Signal::SIGTSTP,
     ] {
         set.add(s);
     }

@@ -107,8 +107,6 @@ impl Mounted {
         let session = Session::new(fs, &opts.path, &cfg)?;
         let notifier = session.notifier();
         let connection = fuse_mount_at(&opts.path);
-        // Before the workers open their descriptors of the connection: the guard must not
-        // inherit one (it would keep the connection alive).
         if auto_unmount && let Some(conn) = connection {
             super::guard::spawn(&opts.path, conn);
         }
@@ -248,12 +246,48 @@ pub fn is_mounted(path: &Path) -> bool {
     fuse_mount_at(path).is_some()
 }
 
+/// Detach a dead failoverfs mount at `path`: one whose daemon is gone ("Transport endpoint is
+/// not connected"), left by a failoverfs killed where neither `auto_unmount` nor the mount guard
+/// could act (PID 1 of a container takes its helpers with it). Returns whether it detached one.
+///
+/// Only a failoverfs mount is considered, and only when the kernel answers its `statfs`
+/// with `ENOTCONN` within a second: a mount that answers is alive, and one that does not answer
+/// (a hung daemon) is left alone. That `statfs` runs on a thread of its own, which a hung mount
+/// keeps (the caller then refuses to mount and exits).
+pub fn detach_dead_mount(path: &Path) -> io::Result<bool> {
+    if !matches!(mount_at(path), Some((_, true))) {
+        return Ok(false);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let probe = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("dead-mount-probe".into())
+        .spawn(move || {
+            let _ = tx.send(nix::sys::statfs::statfs(&probe).map(|_| ()));
+        })?;
+    match rx.recv_timeout(Duration::from_secs(1)) {
+        Ok(Err(nix::errno::Errno::ENOTCONN)) => {}
+        _ => return Ok(false),
+    }
+    match umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::EPERM) => fusermount_unmount(path).map(|()| true),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The connection number (the minor device number) of the FUSE mount on top at `path`, per
 /// `/proc/self/mountinfo`; `None` when no FUSE filesystem is mounted there. The mount itself is
 /// never touched: a stat of it would be a request to whoever serves it, a hung server or
 /// ourselves (a SIGKILL landing while our own worker holds such a request leaves the thread
 /// waiting forever). Only the parent directories are resolved, as mountinfo lists them.
 pub fn fuse_mount_at(path: &Path) -> Option<u64> {
+    mount_at(path).map(|(connection, _)| connection)
+}
+
+/// [`fuse_mount_at`], and whether that mount is a failoverfs one (type `fuse.failoverfs`, or
+/// `fuse` with a `failoverfs:` source when mounted without `fusermount3`).
+fn mount_at(path: &Path) -> Option<(u64, bool)> {
     let info = std::fs::read("/proc/self/mountinfo").ok()?;
     let real = crate::config::resolve_parent(path);
     let want = real.as_os_str().as_bytes();
@@ -261,7 +295,9 @@ pub fn fuse_mount_at(path: &Path) -> Option<u64> {
         .filter_map(|line| {
             // `ID PARENT MAJOR:MINOR ROOT MOUNT_POINT OPTIONS... - FSTYPE SOURCE SUPER_OPTIONS`
             let sep = line.windows(3).position(|w| w == b" - ")?;
-            let fstype = line[sep + 3..].split(|&b| b == b' ').next()?;
+            let mut tail = line[sep + 3..].split(|&b| b == b' ');
+            let fstype = tail.next()?;
+            let source = tail.next().unwrap_or_default();
             let is_fuse = fstype == b"fuse" || fstype == b"fuseblk" || fstype.starts_with(b"fuse.");
             let mut fields = line[..sep].split(|&b| b == b' ');
             let dev = fields.nth(2)?;
@@ -270,7 +306,8 @@ pub fn fuse_mount_at(path: &Path) -> Option<u64> {
                 return None;
             }
             let minor = std::str::from_utf8(dev).ok()?.split_once(':')?.1;
-            minor.parse::<u64>().ok()
+            let ours = fstype == b"fuse.failoverfs" || source.starts_with(b"failoverfs:");
+            Some((minor.parse::<u64>().ok()?, ours))
         })
         .next_back()
 }
