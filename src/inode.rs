@@ -39,12 +39,17 @@
 //!   for the opening it was made on; a switch drops the others ([`InodeTable::release_pins`]:
 //!   no descriptor may be left on the old volume), and a node's pin goes with the node. At most
 //!   [`InodeTable::set_pin_limit`] pins are held; beyond that directories are named by path.
+//! - What a switch must find before the new route serves is found without visiting every node:
+//!   each shard lists its nodes that hold a pin (in step with the nodes, under the shard's
+//!   lock), and a flag tells whether any node may have more than one place (set when a second
+//!   place is added, cleared by the switch's sweep). A switch with a million files known then
+//!   costs what the pins and hard links cost, not what the table holds.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
@@ -168,9 +173,38 @@ impl Node {
     }
 }
 
-/// Nodes by inode number. Boxed: the map's slots (a power of two, up to 8/7 of the nodes, more
-/// just after growing) then cost 16 bytes each instead of a whole node.
-type Shard = HashMap<u64, Box<Node>>;
+/// One shard: nodes by inode number, and which of them hold a pin.
+#[derive(Debug, Default)]
+struct Shard {
+    /// Boxed: the map's slots (a power of two, up to 8/7 of the nodes, more just after growing)
+    /// then cost 16 bytes each instead of a whole node.
+    nodes: HashMap<u64, Box<Node>>,
+    /// The nodes of this shard that hold a pin, so a switch finds them without walking every
+    /// node ([`InodeTable::release_pins`]). Kept in step with the nodes under the shard's lock.
+    pinned: Vec<u64>,
+}
+
+impl Shard {
+    /// `ino` no longer holds a pin.
+    fn unpinned(&mut self, ino: u64) {
+        if let Some(i) = self.pinned.iter().position(|&p| p == ino) {
+            self.pinned.swap_remove(i);
+        }
+    }
+}
+
+impl std::ops::Deref for Shard {
+    type Target = HashMap<u64, Box<Node>>;
+    fn deref(&self) -> &Self::Target {
+        &self.nodes
+    }
+}
+
+impl std::ops::DerefMut for Shard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.nodes
+    }
+}
 
 /// What only a directory node holds: allocated on first use, one word in the node until then
 /// (most nodes are files, and there is a node for every file the kernel knows).
@@ -290,6 +324,10 @@ pub struct InodeTable {
     pin_limit: AtomicUsize,
     /// The volume opening pins may be made on (see [`InodeTable::release_pins`]).
     serving: AtomicU64,
+    /// Set when a node gets a second place (a hard link joined, or a rename onto a name the node
+    /// did not hold), cleared by [`InodeTable::detach_extra_links`] before it looks: while clear,
+    /// no node has more than one place and the switch need not walk the table for them.
+    linked: AtomicBool,
 }
 
 const ROOT_UNKNOWN: u64 = 0;
@@ -338,7 +376,7 @@ impl Default for InodeTable {
 impl InodeTable {
     /// A table holding only the root.
     pub fn new() -> Self {
-        let shards: Box<[Mutex<Shard>]> = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        let shards: Box<[Mutex<Shard>]> = (0..SHARDS).map(|_| Mutex::default()).collect();
         shards[shard_of(ROOT)]
             .lock()
             .insert(ROOT, Node::new(FileKind::Dir, SmallVec::new(), None));
@@ -353,6 +391,7 @@ impl InodeTable {
             pins: AtomicUsize::new(0),
             pin_limit: AtomicUsize::new(DEFAULT_PIN_LIMIT),
             serving: AtomicU64::new(0),
+            linked: AtomicBool::new(false),
         }
     }
 
@@ -509,7 +548,8 @@ impl InodeTable {
         if node.kind != FileKind::Dir {
             return;
         }
-        if node.dir.pin().is_none() {
+        let fresh = node.dir.pin().is_none();
+        if fresh {
             let limit = self.pin_limit.load(Ordering::Relaxed);
             if self.pins.fetch_add(1, Ordering::Relaxed) >= limit {
                 self.pins.fetch_sub(1, Ordering::Relaxed);
@@ -518,6 +558,9 @@ impl InodeTable {
         }
         // The pin it replaces (same directory, same opening) is closed outside the lock.
         let replaced = node.dir.state().pin.replace((volume, pin));
+        if fresh {
+            shard.pinned.push(ino);
+        }
         drop(shard);
         drop(replaced);
     }
@@ -546,11 +589,21 @@ impl InodeTable {
         self.serving.store(keep, Ordering::SeqCst);
         let mut dropped: Vec<(u64, Pin)> = Vec::new();
         for shard in self.shards.iter() {
-            for node in shard.lock().values_mut() {
-                if node.dir.pin().is_some_and(|p| p.0 != keep) {
-                    dropped.extend(node.dir.take_pin());
+            let mut shard = shard.lock();
+            let Shard { nodes, pinned } = &mut *shard;
+            pinned.retain(|ino| {
+                let Some(node) = nodes.get_mut(ino) else {
+                    return false;
+                };
+                match node.dir.pin() {
+                    Some(p) if p.0 == keep => true,
+                    Some(_) => {
+                        dropped.extend(node.dir.take_pin());
+                        false
+                    }
+                    None => false,
                 }
-            }
+            });
         }
         self.pins.fetch_sub(dropped.len(), Ordering::Relaxed);
     }
@@ -680,6 +733,9 @@ impl InodeTable {
                         Some((_, before)) if before != id => node.dir.take_pin(),
                         _ => None,
                     };
+                    if stale_pin.is_some() {
+                        l.shard(child).unpinned(child);
+                    }
                     drop(l);
                     if stale_pin.is_some() {
                         self.pins.fetch_sub(1, Ordering::Relaxed);
@@ -802,6 +858,9 @@ impl InodeTable {
             }
             n.nlookup += 1;
             n.places.push((parent, name.clone()));
+            if n.places.len() > 1 {
+                self.linked.store(true, Ordering::SeqCst);
+            }
         }
         if let Some(p) = l.node(parent) {
             p.dir.insert_child(name, other);
@@ -857,6 +916,10 @@ impl InodeTable {
     /// has them linked too, the lookup finds the identity again and joins them. Returns the
     /// names unmapped; their kernel entries must be invalidated (the switch does).
     pub fn detach_extra_links(&self) -> Vec<(u64, OsString)> {
+        // Cleared before the walk: a node that gets a second place during it sets it again.
+        if !self.linked.swap(false, Ordering::SeqCst) {
+            return Vec::new();
+        }
         let mut extra: Vec<(u64, u64, Name)> = Vec::new();
         for shard in self.shards.iter() {
             for (ino, node) in shard.lock().iter() {
@@ -937,6 +1000,7 @@ impl InodeTable {
             // Dropped after the locks: its pin, if any, is a descriptor to close.
             let removed = l.shard(ino).remove(&ino);
             if removed.as_ref().is_some_and(|n| n.dir.pin().is_some()) {
+                l.shard(ino).unpinned(ino);
                 self.pins.fetch_sub(1, Ordering::Relaxed);
             }
             for (parent, name) in &places {
@@ -1025,7 +1089,7 @@ impl InodeTable {
             if let Some(t) = target {
                 if let Some(n) = l.node(t) {
                     if exchange {
-                        rename_place(n, new_parent, new_name, parent, from.clone());
+                        self.rename_place(n, new_parent, new_name, parent, from.clone());
                     } else {
                         n.remove_place(new_parent, new_name);
                         orphan = Some(t);
@@ -1037,7 +1101,7 @@ impl InodeTable {
             }
             if let Some(m) = moved {
                 if let Some(n) = l.node(m) {
-                    rename_place(n, parent, name, new_parent, to.clone());
+                    self.rename_place(n, parent, name, new_parent, to.clone());
                 }
                 if let Some(p) = l.node(new_parent) {
                     p.dir.insert_child(to, m);
@@ -1051,6 +1115,31 @@ impl InodeTable {
         }
     }
 
+    /// `node`'s place `parent/name` is now `new_parent/new_name` (a place it did not hold is
+    /// added).
+    fn rename_place(
+        &self,
+        node: &mut Node,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: Name,
+    ) {
+        match node
+            .places
+            .iter_mut()
+            .find(|(p, n)| *p == parent && **n == *name)
+        {
+            Some(place) => *place = (new_parent, new_name),
+            None => {
+                node.places.push((new_parent, new_name));
+                if node.places.len() > 1 {
+                    self.linked.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
     /// Every known inode, for invalidating the kernel's caches after the volume underneath
     /// changed. Taken shard by shard: a consistent view is not needed, since invalidating
     /// something that just changed is harmless.
@@ -1060,17 +1149,6 @@ impl InodeTable {
             inos.extend(shard.lock().keys().copied());
         }
         inos
-    }
-}
-
-fn rename_place(node: &mut Node, parent: u64, name: &OsStr, new_parent: u64, new_name: Name) {
-    match node
-        .places
-        .iter_mut()
-        .find(|(p, n)| *p == parent && **n == *name)
-    {
-        Some(place) => *place = (new_parent, new_name),
-        None => node.places.push((new_parent, new_name)),
     }
 }
 
@@ -1100,6 +1178,11 @@ mod tests {
             generation,
         )
         .unwrap()
+    }
+
+    /// Pins listed in the shards; must equal [`InodeTable::pins`] whenever the table is at rest.
+    fn listed_pins(t: &InodeTable) -> usize {
+        t.shards.iter().map(|s| s.lock().pinned.len()).sum()
     }
 
     #[test]
@@ -1196,8 +1279,10 @@ mod tests {
         // pin of what it held before is not that.
         t.begin_generation(3, None);
         t.set_pin(d2, 7, Arc::new(1u8));
+        assert_eq!(t.pins(), 2);
         assert_eq!(dir("d", 12, 3), d2);
         assert!(t.pinned(d2, 7).is_none());
+        assert_eq!((t.pins(), listed_pins(&t)), (1, 1));
     }
 
     #[test]
@@ -1215,7 +1300,7 @@ mod tests {
         t.set_pin(a, 7, pin(1));
         t.set_pin(b, 7, pin(2));
         t.set_pin(c, 7, pin(3));
-        assert_eq!(t.pins(), 2);
+        assert_eq!((t.pins(), listed_pins(&t)), (2, 2));
         assert!(t.pinned(c, 7).is_none(), "over the limit");
         assert!(t.pinned(a, 8).is_none(), "another volume opening");
         assert!(matches!(t.whereabouts(a, 7), Ok(Whereabouts::Pinned(_))));
@@ -1229,12 +1314,20 @@ mod tests {
         t.set_pin(a, 7, pin(5));
         assert!(t.pinned(a, 7).is_none(), "an opening left behind");
         t.set_pin(b, 8, pin(4));
-        assert_eq!(t.pins(), 1);
+        assert_eq!((t.pins(), listed_pins(&t)), (1, 1));
         assert!(t.pinned(a, 7).is_none());
         assert!(t.pinned(b, 8).is_some());
+        // The same opening again: the pin it holds stays, a pin of another goes.
+        t.set_pin(c, 8, pin(6));
+        t.release_pins(8);
+        assert_eq!((t.pins(), listed_pins(&t)), (2, 2));
+        assert!(t.pinned(b, 8).is_some() && t.pinned(c, 8).is_some());
         // A forgotten node takes its pin with it.
         t.forget(b, 1);
-        assert_eq!(t.pins(), 0);
+        assert_eq!((t.pins(), listed_pins(&t)), (1, 1));
+        t.release_pins(9);
+        assert_eq!((t.pins(), listed_pins(&t)), (0, 0));
+        assert!(t.pinned(c, 8).is_none());
         drop(held);
     }
 
@@ -1303,6 +1396,7 @@ mod tests {
         assert_eq!(t.detach_extra_links(), vec![(ROOT, OsString::from("b"))]);
         assert_eq!(t.path(a).unwrap(), PathBuf::from("a"));
         assert_eq!(t.peek(ROOT, OsStr::new("b")), None);
+        assert!(t.detach_extra_links().is_empty(), "nothing joined since");
         // On the new generation, a separate `b` gets its own inode...
         t.begin_generation(1, None);
         let b = link(&t, ROOT, "b", 20, 1);
@@ -1310,6 +1404,7 @@ mod tests {
         // ...and names that are links there too are joined again.
         assert_eq!(link(&t, ROOT, "a", 30, 1), a);
         assert_eq!(link(&t, ROOT, "c", 30, 1), a);
+        assert_eq!(t.detach_extra_links(), vec![(ROOT, OsString::from("c"))]);
     }
 
     #[test]
