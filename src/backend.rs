@@ -458,9 +458,10 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
     /// Create a hard link to the file at `at` as `new_dir/new_name`.
     fn link(&self, at: At<'_>, new_dir: &Dir, new_name: &OsStr) -> Result<Attr>;
-    /// Open an existing file for `who`. `flags` are open flags without `O_CREAT`, `O_EXCL`,
-    /// `O_NOCTTY`; an `O_TRUNC` drops set-ID bits as for `who`'s own call.
-    fn open(&self, at: At<'_>, flags: i32, who: Caller) -> Result<Arc<dyn OpenFile>>;
+    /// Open an existing file for `who`, and its attributes as of the open (after an
+    /// `O_TRUNC`). `flags` are open flags without `O_CREAT`, `O_EXCL`, `O_NOCTTY`; an `O_TRUNC`
+    /// drops set-ID bits as for `who`'s own call.
+    fn open(&self, at: At<'_>, flags: i32, who: Caller) -> Result<(Arc<dyn OpenFile>, Attr)>;
     /// Create and open a file.
     fn create(
         &self,

@@ -527,6 +527,7 @@ mod tests {
             libc::O_RDWR,
             crate::backend::Caller::ROOT,
         )
+        .map(|(f, _)| f)
     }
 
     /// Generation, volume serial; the serial doubles as the table index (one volume, one

@@ -675,6 +675,11 @@ impl InodeTable {
     ///   several links, or moved there when it has one (renamed behind our back);
     /// - otherwise a new node, numbered after the file's own inode number when that number is
     ///   free (see [`InodeTable::begin_generation`]).
+    ///
+    /// `by_name`: the kernel looked the name up itself (`LOOKUP`, not a listing's or a create's
+    /// entry), which also counts as a lookup in `parent` ([`InodeTable::note_child_lookup`]),
+    /// under the lock this takes anyway.
+    #[allow(clippy::too_many_arguments)]
     pub fn lookup(
         &self,
         parent: u64,
@@ -683,7 +688,14 @@ impl InodeTable {
         file: FileId,
         nlink: u32,
         generation: u64,
+        by_name: bool,
     ) -> Result<u64> {
+        let count = |l: &mut Locked<'_>| {
+            if by_name && let Some(p) = l.node(parent) {
+                let s = p.dir.state();
+                s.child_lookups = s.child_lookups.wrapping_add(1);
+            }
+        };
         let id = IdDigest::of(&file);
         let mut adopted_elsewhere: Option<bool> = None;
         loop {
@@ -736,6 +748,7 @@ impl InodeTable {
                     if stale_pin.is_some() {
                         l.shard(child).unpinned(child);
                     }
+                    count(&mut l);
                     drop(l);
                     if stale_pin.is_some() {
                         self.pins.fetch_sub(1, Ordering::Relaxed);
@@ -752,6 +765,9 @@ impl InodeTable {
                 continue;
             }
             if let Some(ino) = self.join_known(parent, name, kind, id, nlink, generation)? {
+                if by_name {
+                    self.note_child_lookup(parent);
+                }
                 return Ok(ino);
             }
             let candidate = self.derived(file.dev, file.ino);
@@ -777,6 +793,7 @@ impl InodeTable {
             places.push((parent, name));
             l.shard(ino)
                 .insert(ino, Node::new(kind, places, Some((generation, id))));
+            count(&mut l);
             drop(l);
             self.nodes.fetch_add(1, Ordering::Relaxed);
             self.remember_id(ino, id, generation);
@@ -1164,7 +1181,7 @@ mod tests {
     }
 
     fn lookup(t: &InodeTable, parent: u64, name: &str, kind: FileKind, fid: u64) -> u64 {
-        t.lookup(parent, OsStr::new(name), kind, id(fid), 1, 0)
+        t.lookup(parent, OsStr::new(name), kind, id(fid), 1, 0, false)
             .unwrap()
     }
 
@@ -1176,6 +1193,7 @@ mod tests {
             id(fid),
             2,
             generation,
+            false,
         )
         .unwrap()
     }
@@ -1220,6 +1238,31 @@ mod tests {
             (true, false),
             "listed with attributes"
         );
+        // A name the kernel looked up counts; one mapped from a listing or a create does not.
+        let g = lookup(&t, d, "g", FileKind::File, 12);
+        assert_eq!(
+            t.dir_opened(d, stamp),
+            (true, true),
+            "mapped, not looked up"
+        );
+        let by_name = |fid: u64| {
+            t.lookup(d, OsStr::new("g"), FileKind::File, id(fid), 1, 0, true)
+                .unwrap()
+        };
+        assert_eq!(by_name(12), g);
+        assert_eq!(
+            t.dir_opened(d, stamp),
+            (true, false),
+            "the same file looked up"
+        );
+        assert_ne!(by_name(13), g);
+        assert_eq!(
+            t.dir_opened(d, stamp),
+            (true, false),
+            "a new file looked up"
+        );
+        t.unlink(d, OsStr::new("g"));
+        t.forget(g, 2);
         // A name mapped, then forgotten: the directory's own state goes with its last name, and
         // what it knew about lookups is not lost with it.
         let f = lookup(&t, d, "f", FileKind::File, 11);
@@ -1265,6 +1308,7 @@ mod tests {
                 id(fid),
                 2,
                 generation,
+                false,
             )
             .unwrap()
         };
@@ -1450,6 +1494,7 @@ mod tests {
                                 id(round % 50 + d * 100),
                                 1,
                                 0,
+                                false,
                             )
                             .unwrap();
                         if round % 7 == 0 {
@@ -1477,7 +1522,15 @@ mod tests {
         // `p` is removed on the volume and its inode number goes to `newfile2`, born later.
         let reborn = FileId { birth: 8, ..id(10) };
         let n = t
-            .lookup(ROOT, OsStr::new("newfile2"), FileKind::File, reborn, 1, 0)
+            .lookup(
+                ROOT,
+                OsStr::new("newfile2"),
+                FileKind::File,
+                reborn,
+                1,
+                0,
+                false,
+            )
             .unwrap();
         assert_ne!(n, p);
         assert_eq!(t.path(n).unwrap(), PathBuf::from("newfile2"));
@@ -1539,6 +1592,7 @@ mod tests {
                 },
                 1,
                 0,
+                false,
             )
             .unwrap();
         assert!(other >= OWN_BASE, "{other}");
@@ -1555,6 +1609,7 @@ mod tests {
                 },
                 1,
                 0,
+                false,
             )
             .unwrap();
         assert!(sub >= OWN_BASE);
@@ -1566,6 +1621,7 @@ mod tests {
                 FileId { ino: 2, ..root },
                 1,
                 0,
+                false,
             )
             .unwrap();
         assert!(r >= OWN_BASE);

@@ -183,11 +183,36 @@ impl Namespace {
         missing
     }
 
-    /// Record a lookup of `parent/name`, found with `attr` on ticket `t`'s volume.
+    /// Record a lookup of `parent/name`, found with `attr` on ticket `t`'s volume (an entry of a
+    /// listing, a create, a link...).
     pub(crate) fn entry(&self, t: &Ticket, parent: u64, name: &OsStr, attr: Attr) -> Result<Entry> {
-        let ino =
-            self.inodes
-                .lookup(parent, name, attr.kind, attr.id, attr.nlink, t.generation())?;
+        self.record(t, parent, name, attr, false)
+    }
+
+    /// [`Namespace::entry`] for the kernel's own lookup of the name: it also counts as a lookup
+    /// in `parent` (see [`InodeTable::note_child_lookup`]).
+    pub(crate) fn looked_up(
+        &self,
+        t: &Ticket,
+        parent: u64,
+        name: &OsStr,
+        attr: Attr,
+    ) -> Result<Entry> {
+        self.record(t, parent, name, attr, true)
+    }
+
+    fn record(
+        &self,
+        t: &Ticket,
+        parent: u64,
+        name: &OsStr,
+        attr: Attr,
+        by_name: bool,
+    ) -> Result<Entry> {
+        let generation = t.generation();
+        let ino = self.inodes.lookup(
+            parent, name, attr.kind, attr.id, attr.nlink, generation, by_name,
+        )?;
         Ok(Entry { ino, attr })
     }
 
@@ -349,17 +374,16 @@ impl Namespace {
         };
         let flags = h.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
         // Without O_TRUNC, the caller plays no part in opening.
-        let file = match volume.backend.open(place.at(), flags, Caller::ROOT) {
+        let (file, now) = match volume.backend.open(place.at(), flags, Caller::ROOT) {
             Ok(f) => f,
             Err(e) if e.errno() == libc::ENOENT => return Ok(Reopen::Gone(StaleWhy::Gone)),
             Err(e) => return Err(e),
         };
         // The same volume re-opened (a remount) holds the same data: nothing to verify.
-        if let Some((size, mtime)) = h.opened_as.filter(|_| from != volume.index) {
-            let now = file.stat()?;
-            if (now.size, now.mtime) != (size, mtime) {
-                return Ok(Reopen::Gone(StaleWhy::Differs));
-            }
+        if let Some((size, mtime)) = h.opened_as.filter(|_| from != volume.index)
+            && (now.size, now.mtime) != (size, mtime)
+        {
+            return Ok(Reopen::Gone(StaleWhy::Differs));
         }
         Ok(Reopen::Opened(file))
     }

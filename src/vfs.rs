@@ -305,9 +305,8 @@ impl Vfs {
         self.run(Retry::Safe, |t| {
             let dir = self.ns.dir_of(t, parent)?;
             let attr = t.volume().backend.stat(At { dir: &dir, name })?;
-            let entry = self.ns.entry(t, parent, name, attr)?;
+            let entry = self.ns.looked_up(t, parent, name, attr)?;
             self.ns.pin_found(t, &dir, name, &entry);
-            self.ns.inodes.note_child_lookup(parent);
             Ok(entry)
         })
     }
@@ -483,8 +482,7 @@ impl Vfs {
         self.run(Retry::Never, |t| {
             let backend = &t.volume().backend;
             let (_, (file, attr)) = self.ns.checked(t, ino, |at| {
-                let file = backend.open(at, flags, who)?;
-                let attr = file.stat()?;
+                let (file, attr) = backend.open(at, flags, who)?;
                 Ok(((file, attr), attr))
             })?;
             let truncated = flags & libc::O_TRUNC != 0;

@@ -173,19 +173,21 @@ impl DirBackend {
         }
     }
 
-    /// Open the regular file at `rel` with `flags` (open flags, `O_CREAT`/`O_EXCL` ignored).
-    /// The file is first pinned as an `O_PATH` descriptor and checked: anything but a regular
-    /// file is refused (a fifo would block the daemon, a device node would be opened by root);
-    /// then that very file is opened through its descriptor's link.
-    fn open_regular(&self, at: At<'_>, flags: i32, who: Caller) -> Result<OwnedFd> {
+    /// Open the regular file at `rel` with `flags` (open flags, `O_CREAT`/`O_EXCL` ignored), and
+    /// its attributes as of the open. The file is first pinned as an `O_PATH` descriptor and
+    /// checked: anything but a regular file is refused (a fifo would block the daemon, a device
+    /// node would be opened by root); then that very file is opened through its descriptor's
+    /// link. The check's `statx` is the attributes, unless the open truncated the file.
+    fn open_regular(&self, at: At<'_>, flags: i32, who: Caller) -> Result<(OwnedFd, Attr)> {
         let target = self.open_at(at, OFlag::O_PATH)?;
-        let mode = fstat(target.as_fd())?.st_mode;
-        match FileKind::from_mode(mode) {
-            Some(FileKind::File) => {}
-            Some(FileKind::Dir) => return Err(Error::posix(libc::EISDIR)),
-            Some(FileKind::Symlink) => return Err(Error::posix(libc::ELOOP)),
+        let attr = statx_attr(target.as_fd(), OsStr::new(""))?;
+        match attr.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(Error::posix(libc::EISDIR)),
+            FileKind::Symlink => return Err(Error::posix(libc::ELOOP)),
             _ => return Err(Error::posix(libc::ENXIO)),
         }
+        let mode = u32::from(attr.perm);
         let flags = backend_open_flags(flags) & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW);
         let open = || {
             with_proc_path(target.as_fd(), |proc| {
@@ -196,12 +198,17 @@ impl DirBackend {
                 )?)
             })
         };
-        if flags & libc::O_TRUNC != 0 && has_set_id(mode) {
-            // Truncating: the volume drops set-ID bits as for the caller's own open.
-            as_caller(who, open)
-        } else {
-            open()
+        if flags & libc::O_TRUNC == 0 {
+            return Ok((open()?, attr));
         }
+        let fd = if has_set_id(mode) {
+            // Truncating: the volume drops set-ID bits as for the caller's own open.
+            as_caller(who, open)?
+        } else {
+            open()?
+        };
+        let attr = statx_attr(fd.as_fd(), OsStr::new(""))?;
+        Ok((fd, attr))
     }
 
     /// Give a newly created entry to the caller, as a local filesystem would. New entries in a
@@ -393,9 +400,9 @@ impl Backend for DirBackend {
         self.stat_at(&to, new_name)
     }
 
-    fn open(&self, at: At<'_>, flags: i32, who: Caller) -> Result<Arc<dyn OpenFile>> {
-        let fd = self.open_regular(at, flags, who)?;
-        Ok(Arc::new(DirFile::new(fd)))
+    fn open(&self, at: At<'_>, flags: i32, who: Caller) -> Result<(Arc<dyn OpenFile>, Attr)> {
+        let (fd, attr) = self.open_regular(at, flags, who)?;
+        Ok((Arc::new(DirFile::new(fd)), attr))
     }
 
     fn create(
@@ -420,7 +427,8 @@ impl Backend for DirBackend {
                 // there, unless the caller asked for exclusive creation.
                 // Already running as the caller: the open must not switch again.
                 Err(nix::errno::Errno::EEXIST) if flags & libc::O_EXCL == 0 => Ok((
-                    self.open_regular(At { dir: parent, name }, flags, Caller::ROOT)?,
+                    self.open_regular(At { dir: parent, name }, flags, Caller::ROOT)?
+                        .0,
                     false,
                 )),
                 Err(e) => Err(e.into()),
@@ -1092,6 +1100,15 @@ mod tests {
         b.read_dir(at("").at(), &mut names).unwrap();
         assert_eq!(names.len(), 1);
         assert_eq!(names.get(0).unwrap().0, "f");
+        // An open reports the file as it is after the open: as found, or truncated.
+        let (g, attr) = b.open(at("f").at(), libc::O_RDONLY, Caller::ROOT).unwrap();
+        assert_eq!((attr.size, attr.id), (8, f.stat().unwrap().id));
+        assert_eq!(g.read_at(&mut buf, 0).unwrap(), 8);
+        let (_, attr) = b
+            .open(at("f").at(), libc::O_WRONLY | libc::O_TRUNC, Caller::ROOT)
+            .unwrap();
+        assert_eq!(attr.size, 0);
+        assert_eq!(attr.mtime, f.stat().unwrap().mtime);
     }
 
     #[test]

@@ -301,11 +301,11 @@ impl Backend for FaultyBackend {
         self.inner
             .link(at.with(&inner(at.dir)), &inner(new_dir), new_name)
     }
-    fn open(&self, at: At<'_>, flags: i32, who: Caller) -> Result<Arc<dyn OpenFile>> {
+    fn open(&self, at: At<'_>, flags: i32, who: Caller) -> Result<(Arc<dyn OpenFile>, Attr)> {
         let path = path_of(at);
         self.faults.check(&path)?;
-        let f = self.inner.open(at.with(&inner(at.dir)), flags, who)?;
-        Ok(FaultyFile::wrap(f, &path, &self.faults))
+        let (f, attr) = self.inner.open(at.with(&inner(at.dir)), flags, who)?;
+        Ok((FaultyFile::wrap(f, &path, &self.faults), attr))
     }
     fn create(
         &self,
