@@ -147,7 +147,7 @@ impl Mounted {
                 Ok(()) => Unmounted::Clean,
                 Err(nix::errno::Errno::EBUSY) => {
                     tracing::info!(path = %self.path.display(), "mount busy: detaching lazily");
-                    umount2(&self.path, MntFlags::MNT_DETACH)?;
+                    detach(&self.path)?;
                     Unmounted::Detached
                 }
                 Err(nix::errno::Errno::EINVAL) => Unmounted::Gone,
@@ -269,9 +269,15 @@ pub fn detach_dead_mount(path: &Path) -> io::Result<bool> {
         Ok(Err(nix::errno::Errno::ENOTCONN)) => {}
         _ => return Ok(false),
     }
+    detach(path).map(|()| true)
+}
+
+/// Detach the mount at `path` lazily (it goes once nothing uses it), never following a symlink
+/// put there; not root, through the setuid helper.
+fn detach(path: &Path) -> io::Result<()> {
     match umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
-        Ok(()) => Ok(true),
-        Err(nix::errno::Errno::EPERM) => fusermount_unmount(path).map(|()| true),
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => fusermount_unmount(path),
         Err(e) => Err(e.into()),
     }
 }
