@@ -338,7 +338,8 @@ impl App {
                 entry: settings.mount.entry_ttl,
             },
             ended.clone(),
-        );
+        )
+        .with_passthrough(settings.mount.passthrough);
         let mount_path = settings.mount_path().to_path_buf();
         let opts = MountOptions {
             path: mount_path.clone(),

@@ -392,6 +392,11 @@ pub trait OpenFile: Send + Sync + 'static {
     fn flush(&self) -> Result<()>;
     /// Make data (and with `datasync == false`, metadata) durable.
     fn fsync(&self, datasync: bool) -> Result<()>;
+    /// The descriptor the kernel may read and write directly (FUSE passthrough, opt-in:
+    /// [`crate::fuse::passthrough`]); `None` for a file that is not one on a local filesystem.
+    fn passthrough_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
     /// Attributes of the open file, even if it has been unlinked.
     fn stat(&self) -> Result<Attr>;
     /// Change attributes through the open file (`ftruncate`, `futimens`, ...).

@@ -186,6 +186,10 @@ pub struct MountSettings {
     /// the same volume (see [`crate::state`]): an absolute path, or `"off"`. Default:
     /// `/var/lib/failoverfs/<mount path with / as ->.state`.
     pub state_file: Option<String>,
+    /// FUSE passthrough (Linux 6.9+, root): the kernel reads and writes open files of `dir`
+    /// volumes directly, at the volume's own speed, but a switch can no longer drain or redirect
+    /// them (see [`crate::fuse::passthrough`]). Off by default.
+    pub passthrough: bool,
 }
 
 impl Default for MountSettings {
@@ -204,6 +208,7 @@ impl Default for MountSettings {
             op_timeout_errno: Errno(libc::ETIMEDOUT),
             fleet_name: None,
             state_file: None,
+            passthrough: false,
         }
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod deadline;
 pub mod guard;
+pub mod passthrough;
 pub mod session;
 
 use std::cell::RefCell;
@@ -32,8 +33,9 @@ use tokio::sync::Notify;
 
 use crate::backend::{Attr, Caller, FileKind, SetAttr, SetTime};
 use crate::error::{Error, Level};
-use crate::vfs::{DirItem, Entry, Vfs};
+use crate::vfs::{DirItem, Entry, Opened, Vfs};
 use deadline::{Deadlines, Park};
+use passthrough::{Open, Passthrough};
 
 thread_local! {
     /// Per-worker read buffer: reads allocate nothing once a worker has seen its largest read.
@@ -78,6 +80,8 @@ pub struct FuseFs {
     ttl: Ttls,
     ended: Arc<Notify>,
     ready: Arc<Notify>,
+    /// Asked for (`mount.passthrough`) and, once `init` ran, granted by the kernel.
+    passthrough: Option<Passthrough>,
 }
 
 impl FuseFs {
@@ -96,6 +100,54 @@ impl FuseFs {
             ttl,
             ended,
             ready,
+            passthrough: None,
+        }
+    }
+
+    /// Ask the kernel for FUSE passthrough (see [`passthrough`]).
+    pub fn with_passthrough(mut self, on: bool) -> FuseFs {
+        self.passthrough = on.then(Passthrough::default);
+        self
+    }
+
+    /// How to serve the file just opened as handle `fh` of inode `ino`; `register` makes a
+    /// backing id of a descriptor. A refused open's handle is released here.
+    fn serve_open(
+        &self,
+        ino: u64,
+        fh: u64,
+        register: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
+    ) -> Open {
+        let Some(pt) = &self.passthrough else {
+            return Open::Daemon;
+        };
+        let open = match self.vfs.open_file_now(fh) {
+            Some((file, volume)) => pt.open(ino, fh, file.passthrough_fd(), volume, register),
+            None => pt.open(ino, fh, None, 0, register),
+        };
+        if matches!(open, Open::Busy) {
+            tracing::warn!(
+                ino,
+                "mount.passthrough: refusing an open (EBUSY): the file is still open, passed \
+                 through to the volume before the switch"
+            );
+            self.vfs.release(fh);
+        }
+        open
+    }
+
+    /// Answer an open.
+    fn reply_open(&self, reply: ReplyOpen, ino: u64, flags: i32, o: Opened) {
+        let fopen = open_flags(flags, o.keep_cache);
+        match self.serve_open(ino, o.fh, |fd| reply.open_backing(fd)) {
+            Open::Daemon => reply.opened(FileHandle(o.fh), fopen),
+            // The kernel reads the volume's file and its page cache, not the mount's.
+            Open::Pass(id) => reply.opened_passthrough(
+                FileHandle(o.fh),
+                fopen - FopenFlags::FOPEN_KEEP_CACHE,
+                &id,
+            ),
+            Open::Busy => reply.error(Errno::from_i32(libc::EBUSY)),
         }
     }
 
@@ -340,6 +392,21 @@ impl Filesystem for FuseFs {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        if self.passthrough.is_some() {
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if granted {
+                tracing::info!(
+                    "mount.passthrough: reads and writes of open files go to the volume directly"
+                );
+            } else {
+                tracing::warn!(
+                    "mount.passthrough: the kernel does not offer FUSE passthrough (Linux 6.9 or \
+                     later, run as root): files are served through the daemon"
+                );
+                self.passthrough = None;
+            }
+        }
         tracing::debug!("FUSE session initialised");
         // The reply to INIT follows as soon as this returns.
         self.ready.notify_one();
@@ -556,7 +623,7 @@ impl Filesystem for FuseFs {
             None,
             reply,
             || self.vfs.open(ino.0, flags.0, caller(req)),
-            |reply, o| reply.opened(FileHandle(o.fh), open_flags(flags.0, o.keep_cache)),
+            |reply, o| self.reply_open(reply, ino.0, flags.0, o),
         );
     }
 
@@ -651,6 +718,9 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Some(pt) = &self.passthrough {
+            pt.release(fh.0);
+        }
         // Closing a file of a hung volume blocks like any other call.
         self.deadlines.serve(
             "release",
@@ -904,13 +974,22 @@ impl Filesystem for FuseFs {
             reply,
             || self.vfs.create(parent.0, name, mode, flags, caller(req)),
             |reply, (e, fh)| {
-                reply.created(
-                    &self.ttl.entry,
-                    &file_attr(e.ino, &e.attr),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                )
+                let attr = file_attr(e.ino, &e.attr);
+                let (ttl, fh) = (&self.ttl.entry, FileHandle(fh));
+                match self.serve_open(e.ino, fh.0, |fd| reply.open_backing(fd)) {
+                    Open::Daemon => {
+                        reply.created(ttl, &attr, Generation(0), fh, FopenFlags::empty())
+                    }
+                    Open::Pass(id) => reply.created_passthrough(
+                        ttl,
+                        &attr,
+                        Generation(0),
+                        fh,
+                        FopenFlags::empty(),
+                        &id,
+                    ),
+                    Open::Busy => reply.error(Errno::from_i32(libc::EBUSY)),
+                }
             },
         );
     }

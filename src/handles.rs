@@ -174,6 +174,15 @@ impl Bound {
 }
 
 impl FileHandle {
+    /// The file this handle has open now and its volume opening
+    /// ([`crate::routing::Volume::serial`]); `None` once released or stale.
+    pub fn bound_file(&self) -> Option<(Arc<dyn OpenFile>, u64)> {
+        match &self.bound.lock().binding {
+            Binding::Open { epoch, file } => Some((file.clone(), epoch.volume)),
+            Binding::Released { .. } | Binding::Stale => None,
+        }
+    }
+
     /// The backend file for an operation running at `at`; re-opened through `reopen` when the
     /// handle belongs to an older route on another volume. `stale_errno` is what a stale handle
     /// answers; `change`: the operation changes the file (the handle then never moves to another

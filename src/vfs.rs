@@ -500,6 +500,15 @@ impl Vfs {
         })
     }
 
+    /// The file behind handle `fh` as it is open now, and its volume opening (for FUSE
+    /// passthrough).
+    pub fn open_file_now(&self, fh: u64) -> Option<(Arc<dyn OpenFile>, u64)> {
+        match &*self.ns.handles.file(fh).ok()? {
+            Handle::File(h) => h.bound_file(),
+            Handle::Dir(_) => None,
+        }
+    }
+
     /// `create`: make and open a regular file.
     pub fn create(
         &self,

@@ -559,6 +559,10 @@ impl DirFile {
 }
 
 impl OpenFile for DirFile {
+    fn passthrough_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.file.as_fd())
+    }
+
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
         let mut done = 0;
         while done < buf.len() {

@@ -196,6 +196,10 @@ impl OpenFile for FaultyFile {
         self.faults.check(&self.path)?;
         self.inner.fsync(datasync)
     }
+    fn passthrough_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        // Passed-through I/O never reaches the injector: only tests of passthrough opt in.
+        self.inner.passthrough_fd()
+    }
     fn stat(&self) -> Result<Attr> {
         self.faults.check(&self.path)?;
         self.inner.stat()
