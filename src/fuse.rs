@@ -988,7 +988,11 @@ impl Filesystem for FuseFs {
                         FopenFlags::empty(),
                         &id,
                     ),
-                    Open::Busy => reply.error(Errno::from_i32(libc::EBUSY)),
+                    Open::Busy => {
+                        // The entry goes unanswered: the lookup it counted is not the kernel's.
+                        self.vfs.forget(e.ino, 1);
+                        reply.error(Errno::from_i32(libc::EBUSY))
+                    }
                 }
             },
         );
