@@ -111,7 +111,8 @@ impl FuseFs {
     }
 
     /// How to serve the file just opened as handle `fh` of inode `ino`; `register` makes a
-    /// backing id of a descriptor. A refused open's handle is released here.
+    /// backing id of a descriptor. A refused open's handle is for the caller to release, after
+    /// its answer (closing a file may block on a hung volume).
     fn serve_open(
         &self,
         ino: u64,
@@ -121,19 +122,10 @@ impl FuseFs {
         let Some(pt) = &self.passthrough else {
             return Open::Daemon;
         };
-        let open = match self.vfs.open_file_now(fh) {
+        match self.vfs.open_file_now(fh) {
             Some((file, volume)) => pt.open(ino, fh, file.passthrough_fd(), volume, register),
             None => pt.open(ino, fh, None, 0, register),
-        };
-        if matches!(open, Open::Busy) {
-            tracing::warn!(
-                ino,
-                "mount.passthrough: refusing an open (EBUSY): the file is still open, passed \
-                 through to the volume before the switch"
-            );
-            self.vfs.release(fh);
         }
-        open
     }
 
     /// Answer an open.
@@ -147,7 +139,10 @@ impl FuseFs {
                 fopen - FopenFlags::FOPEN_KEEP_CACHE,
                 &id,
             ),
-            Open::Busy => reply.error(Errno::from_i32(libc::EBUSY)),
+            Open::Busy => {
+                reply.error(Errno::from_i32(libc::EBUSY));
+                self.vfs.release(o.fh);
+            }
         }
     }
 
@@ -989,9 +984,10 @@ impl Filesystem for FuseFs {
                         &id,
                     ),
                     Open::Busy => {
-                        // The entry goes unanswered: the lookup it counted is not the kernel's.
+                        reply.error(Errno::from_i32(libc::EBUSY));
+                        // The entry went unanswered: the lookup it counted is not the kernel's.
                         self.vfs.forget(e.ino, 1);
-                        reply.error(Errno::from_i32(libc::EBUSY))
+                        self.vfs.release(fh.0);
                     }
                 }
             },

@@ -106,6 +106,16 @@ struct Node {
     kind: FileKind,
 }
 
+/// What [`InodeTable::join_known`] made of a file it may know under another name.
+enum Join {
+    /// The name joined the node of that number.
+    Joined(u64),
+    /// No node holds that identity.
+    Unknown,
+    /// The node or the name changed while nothing was locked: look again.
+    Retry,
+}
+
 /// A node's `id_generation` when its backend identity is not known.
 const NOT_SEEN: u32 = u32::MAX;
 
@@ -764,11 +774,17 @@ impl InodeTable {
                 self.unmap(parent, name, child);
                 continue;
             }
-            if let Some(ino) = self.join_known(parent, name, kind, id, nlink, generation)? {
-                if by_name {
-                    self.note_child_lookup(parent);
+            match self.join_known(parent, name, kind, id, nlink, generation)? {
+                Join::Joined(ino) => {
+                    if by_name {
+                        self.note_child_lookup(parent);
+                    }
+                    return Ok(ino);
                 }
-                return Ok(ino);
+                // The known node or the name changed while unlocked: a new node now could give
+                // one file two numbers.
+                Join::Retry => continue,
+                Join::Unknown => {}
             }
             let candidate = self.derived(file.dev, file.ino);
             let mut ino = candidate.unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed));
@@ -824,15 +840,17 @@ impl InodeTable {
         id: IdDigest,
         nlink: u32,
         generation: u64,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Join> {
         let Some(other) = self.known_id(id, generation) else {
-            return Ok(None);
+            return Ok(Join::Unknown);
         };
         let old_places: SmallVec<[(u64, Name); 1]> = {
             let shard = self.shards[shard_of(other)].lock();
             match shard.get(&other) {
                 Some(n) if n.kind == kind && n.seen() == Some((generation, id)) => n.places.clone(),
-                _ => return Ok(None),
+                // Another kind under the same identity: not this file.
+                Some(n) if n.seen() == Some((generation, id)) => return Ok(Join::Unknown),
+                _ => return Ok(Join::Retry),
             }
         };
         // A directory or a file with one link lives in one place only: its old name is gone.
@@ -848,13 +866,13 @@ impl InodeTable {
             return Err(Error::posix(libc::ENOENT));
         }
         if l.child(parent, name).is_some() {
-            return Ok(None);
+            return Ok(Join::Retry);
         }
         match l.node(other) {
             Some(n) if n.seen() == Some((generation, id)) && (!moved || n.places == old_places) => {
             }
             // Changed while we were not holding the locks: start over.
-            _ => return Ok(None),
+            _ => return Ok(Join::Retry),
         }
         if moved {
             for (p, n) in &old_places {
@@ -889,7 +907,7 @@ impl InodeTable {
                 self.remove_if_unreferenced(*p);
             }
         }
-        Ok(Some(other))
+        Ok(Join::Joined(other))
     }
 
     /// Whether a node other than `ino` holds `id` in `generation`.
@@ -949,6 +967,10 @@ impl InodeTable {
         for (ino, parent, name) in extra {
             if self.unmap(parent, &name, ino) {
                 detached.push((parent, name.to_os_string()));
+            } else {
+                // Changed under us (an operation of the old route still running): the node may
+                // keep a second place, so the next switch must look again.
+                self.linked.store(true, Ordering::SeqCst);
             }
         }
         detached

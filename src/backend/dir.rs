@@ -177,17 +177,18 @@ impl DirBackend {
     /// its attributes as of the open. The file is first pinned as an `O_PATH` descriptor and
     /// checked: anything but a regular file is refused (a fifo would block the daemon, a device
     /// node would be opened by root); then that very file is opened through its descriptor's
-    /// link. The check's `statx` is the attributes, unless the open truncated the file.
+    /// link. The attributes are taken from the opened file, after the open: a change that lands
+    /// before the open must show in them (the kept-pages stamp), and on NFS only a real open
+    /// revalidates (close-to-open).
     fn open_regular(&self, at: At<'_>, flags: i32, who: Caller) -> Result<(OwnedFd, Attr)> {
         let target = self.open_at(at, OFlag::O_PATH)?;
-        let attr = statx_attr(target.as_fd(), OsStr::new(""))?;
-        match attr.kind {
-            FileKind::File => {}
-            FileKind::Dir => return Err(Error::posix(libc::EISDIR)),
-            FileKind::Symlink => return Err(Error::posix(libc::ELOOP)),
+        let mode = fstat(target.as_fd())?.st_mode;
+        match FileKind::from_mode(mode) {
+            Some(FileKind::File) => {}
+            Some(FileKind::Dir) => return Err(Error::posix(libc::EISDIR)),
+            Some(FileKind::Symlink) => return Err(Error::posix(libc::ELOOP)),
             _ => return Err(Error::posix(libc::ENXIO)),
         }
-        let mode = u32::from(attr.perm);
         let flags = backend_open_flags(flags) & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW);
         let open = || {
             with_proc_path(target.as_fd(), |proc| {
@@ -198,10 +199,7 @@ impl DirBackend {
                 )?)
             })
         };
-        if flags & libc::O_TRUNC == 0 {
-            return Ok((open()?, attr));
-        }
-        let fd = if has_set_id(mode) {
+        let fd = if flags & libc::O_TRUNC != 0 && has_set_id(mode) {
             // Truncating: the volume drops set-ID bits as for the caller's own open.
             as_caller(who, open)?
         } else {

@@ -42,6 +42,8 @@ pub struct Passthrough {
     table: Mutex<Table>,
     /// The kernel refused a backing file once: register no more.
     refused: AtomicBool,
+    /// An open was refused with `EBUSY` (warned once; later ones at debug level).
+    busy_warned: AtomicBool,
 }
 
 #[derive(Default)]
@@ -83,7 +85,19 @@ impl Passthrough {
     ) -> Open {
         let mut table = self.table.lock();
         let id = match (table.by_ino.get_mut(&ino), fd) {
-            (Some(shared), _) if shared.volume != volume => return Open::Busy,
+            (Some(shared), _) if shared.volume != volume => {
+                if self.busy_warned.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(ino, "mount.passthrough: open refused (EBUSY)");
+                } else {
+                    tracing::warn!(
+                        ino,
+                        "mount.passthrough: refusing an open (EBUSY): the file is still open, \
+                         passed through to the volume before the switch (further refusals at \
+                         debug level)"
+                    );
+                }
+                return Open::Busy;
+            }
             (Some(shared), _) => {
                 shared.opens += 1;
                 shared.id.clone()
