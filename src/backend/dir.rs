@@ -418,25 +418,29 @@ impl Backend for DirBackend {
         let exclusive = OFlag::from_bits_truncate(base | libc::O_CREAT | libc::O_EXCL);
         // As the caller: the volume checks the caller's rights, on the new file and on an
         // existing one alike, and the new file is the caller's from the start.
-        let (fd, created) = as_caller(who, || {
+        let (fd, existing) = as_caller(who, || {
             match nix::fcntl::openat(dir.as_fd(), name, exclusive, perm) {
-                Ok(fd) => Ok((fd, true)),
+                Ok(fd) => Ok((fd, None)),
                 // The entry appeared (or was never visible to the kernel's cache): open what is
-                // there, unless the caller asked for exclusive creation.
+                // there, unless the caller asked for exclusive creation. The open already took
+                // the file's attributes, after it (and after its truncation).
                 // Already running as the caller: the open must not switch again.
-                Err(nix::errno::Errno::EEXIST) if flags & libc::O_EXCL == 0 => Ok((
-                    self.open_regular(At { dir: parent, name }, flags, Caller::ROOT)?
-                        .0,
-                    false,
-                )),
+                Err(nix::errno::Errno::EEXIST) if flags & libc::O_EXCL == 0 => {
+                    let (fd, attr) =
+                        self.open_regular(At { dir: parent, name }, flags, Caller::ROOT)?;
+                    Ok((fd, Some(attr)))
+                }
                 Err(e) => Err(e.into()),
             }
         })?;
-        if created {
-            self.chown_new(&dir, name, who)?;
-        }
         let file = DirFile::new(fd);
-        let attr = file.stat()?;
+        let attr = match existing {
+            Some(attr) => attr,
+            None => {
+                self.chown_new(&dir, name, who)?;
+                file.stat()?
+            }
+        };
         Ok((Arc::new(file), attr))
     }
 
@@ -1111,6 +1115,21 @@ mod tests {
             .unwrap();
         assert_eq!(attr.size, 0);
         assert_eq!(attr.mtime, f.stat().unwrap().mtime);
+        // A create that finds the file there opens it, and reports it as opened (truncated).
+        f.write_at(b"again", 0).unwrap();
+        let (_, attr) = b
+            .create(
+                &Dir::Root,
+                OsStr::new("f"),
+                0o600,
+                libc::O_RDWR | libc::O_TRUNC,
+                Caller::ROOT,
+            )
+            .unwrap();
+        assert_eq!(
+            (attr.size, attr.perm, attr.id),
+            (0, 0o640, f.stat().unwrap().id)
+        );
     }
 
     #[test]
