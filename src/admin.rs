@@ -150,12 +150,13 @@ pub fn serve(mut bound: Bound, state: Arc<AdminState>, stop: CancellationToken) 
 }
 
 /// Bind a Unix socket at `path` (mode 0600), replacing a stale socket file but never one another
-/// process still answers on.
+/// process still answers on. The socket's directory is made 0755 if missing and must be one no
+/// other user can write (see [`crate::ownfiles`]): otherwise another user could move the socket
+/// away and listen in its place, and the admin commands would send it their token.
 fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let dir = crate::ownfiles::parent_of(path);
+    crate::ownfiles::ensure_dir(dir, 0o755).map_err(std::io::Error::other)?;
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
             return Err(std::io::Error::new(
@@ -171,6 +172,8 @@ fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
+    // The process umask (group and other write off, see `backend::identity`) lets nobody else
+    // connect from the start; the chmod makes it 0600 under any umask.
     let listener = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
@@ -610,11 +613,24 @@ pub async fn request(
     }
     let resp = match address {
         AdminAddress::Off => return Err("the admin server is off (admin.listen = \"off\")".into()),
-        AdminAddress::Unix(p) => send!(
-            tokio::net::UnixStream::connect(p)
+        AdminAddress::Unix(p) => {
+            let stream = tokio::net::UnixStream::connect(p)
                 .await
-                .map_err(not_running)?
-        ),
+                .map_err(not_running)?;
+            // Only a server run by root or by our own user gets the token (another user could
+            // have put a listener of its own at the path).
+            let peer = stream.peer_cred().map_err(|e| e.to_string())?;
+            let me = nix::unistd::geteuid().as_raw();
+            if peer.uid() != 0 && peer.uid() != me {
+                return Err(format!(
+                    "refusing the admin socket {}: its server runs as uid {}, not as root or as \
+                     this user",
+                    p.display(),
+                    peer.uid()
+                ));
+            }
+            send!(stream)
+        }
         AdminAddress::Tcp(a) => send!(
             tokio::net::TcpStream::connect(a)
                 .await

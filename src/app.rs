@@ -37,6 +37,7 @@ use crate::fuse::deadline::Deadlines;
 use crate::fuse::session::{MountOptions, Mounted, Unmounted};
 use crate::fuse::{FuseFs, NotifierCache, Ttls};
 use crate::monitor::{Health, Monitor, Watched, probe_once};
+use crate::namespace::Stale;
 use crate::probe::dir::RootWatch;
 use crate::probe::{Strength, TransientKind, Verdict};
 use crate::routing::{Route, Router, Volume, WaitPolicy};
@@ -147,8 +148,10 @@ impl App {
 
     /// [`App::start`] with test seams.
     pub fn start_with(settings: &Settings, hooks: Hooks) -> Result<App, StartError> {
-        // Modes from the kernel are final (it applied the caller's umask already).
-        nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        // Group and other write off when creates carry the caller's umask per worker thread (no
+        // file of the daemon's own starts writable by others), else 0 (modes from the kernel
+        // are final): see `backend::identity`.
+        crate::backend::identity::set_process_umask();
         raise_open_file_limit();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -198,6 +201,9 @@ impl App {
         // The volume to serve first: the one the last switch moved to, if the state file says so
         // (see `crate::state`), else the first of the table.
         let state = StateFile::new(settings.state_path());
+        if let Err(e) = state.check() {
+            return Err(StartError::usage(format!("mount.state_file: {e}")));
+        }
         let start = start_index(settings, &state);
         let mut volumes = Vec::with_capacity(settings.volumes.len());
         for (index, v) in settings.volumes.iter().enumerate() {
@@ -429,6 +435,7 @@ impl App {
             ),
         }
         let cache: Arc<dyn KernelCache> = Arc::new(NotifierCache::new(mounted.notifier()));
+        drop_stale_names(runtime.handle(), vfs.clone(), cache.clone());
         let events = Events::start(runtime.handle(), &settings.events, &settings.fleet());
         watch_volume_states(runtime.handle(), &monitor, &events);
         give_memory_back(runtime.handle(), vfs.clone());
@@ -656,6 +663,36 @@ const TRIM_AFTER_NODES: usize = 10_000;
 /// 40 bytes per inode (measured: 250 resident against 208 after a trim). A trim walks the free
 /// lists (under a millisecond with 200,000 nodes); it runs on a blocking thread, never in a FUSE
 /// worker.
+/// Drop what the kernel cached and the daemon found no longer holds (names holding another file
+/// than the kernel's node, see `Namespace::check_other_names`; attributes the volume changed
+/// beyond a request), from a blocking thread: never from a FUSE worker, which the
+/// kernel may need to answer meanwhile.
+fn drop_stale_names(rt: &tokio::runtime::Handle, vfs: Arc<Vfs>, cache: Arc<dyn KernelCache>) {
+    let wake = vfs.stale_names_wake();
+    rt.spawn(async move {
+        loop {
+            wake.notified().await;
+            let names = vfs.take_stale_names();
+            if names.is_empty() {
+                continue;
+            }
+            let cache = cache.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for stale in names {
+                    let r = match &stale {
+                        Stale::Entry(parent, name) => cache.invalidate_entry(*parent, name),
+                        Stale::Attributes(ino) => cache.invalidate_attributes(*ino),
+                    };
+                    if let Err(e) = r {
+                        tracing::debug!(?stale, error = %e, "cannot drop a stale kernel cache entry");
+                    }
+                }
+            })
+            .await;
+        }
+    });
+}
+
 fn give_memory_back(rt: &tokio::runtime::Handle, vfs: Arc<Vfs>) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     rt.spawn(async move {

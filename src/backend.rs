@@ -292,6 +292,9 @@ pub struct Caller {
     /// Caller's process id in our pid namespace (0 when unknown): where its supplementary
     /// groups are read from.
     pub pid: u32,
+    /// The caller's umask, for a create the kernel left unmasked (`FUSE_DONT_MASK`): the volume
+    /// applies it, or a default ACL instead, as for a local process. `None`: the mode is final.
+    pub umask: Option<u32>,
 }
 
 impl Caller {
@@ -300,6 +303,7 @@ impl Caller {
         uid: 0,
         gid: 0,
         pid: 0,
+        umask: None,
     };
 }
 
@@ -433,6 +437,14 @@ pub trait Backend: Send + Sync + 'static {
     /// when this backend has no pins (then directories are always named by path). A place that
     /// is not a directory is `ENOTDIR`.
     fn pin(&self, at: At<'_>) -> Result<Option<(Pin, Attr)>> {
+        let _ = at;
+        Ok(None)
+    }
+    /// Hold the file at `at`, whatever its type, for one operation, and return its attributes
+    /// as of that hold, or `None` when this backend cannot. `At { dir: &Dir::Pinned(held), name:
+    /// "" }` then addresses that very file, whatever happens to its name: a change checked
+    /// against the attributes lands on the file that was checked.
+    fn hold(&self, at: At<'_>) -> Result<Option<(Pin, Attr)>> {
         let _ = at;
         Ok(None)
     }

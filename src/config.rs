@@ -1213,19 +1213,54 @@ impl Settings {
     /// and two volumes that are one directory (the standby would protect nothing). Paths are
     /// compared after resolving symlinks, `.` and `..`.
     fn refuse_overlaps(&self, origin: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        use std::os::unix::fs::MetadataExt;
         let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-        // Never stat the mount point itself: a hung FUSE mount there would hang the check.
+        let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        // Never stat the mount point itself: a hung FUSE mount there would hang the check. A
+        // symlink is found without following it (readlink never reaches a mounted filesystem):
+        // the kernel would mount on its target, somewhere the configuration does not name.
+        if let Some(m) = self.mount.path.as_deref()
+            && let Ok(target) = std::fs::read_link(m)
+        {
+            return Err(ConfigError {
+                origin: origin("mount.path"),
+                key: "mount.path".into(),
+                message: format!(
+                    "{} is a symlink (to {}): name the directory to mount on itself",
+                    m.display(),
+                    target.display()
+                ),
+            });
+        }
         let mount = self.mount.path.as_deref().map(resolve_parent);
-        let mut roots: Vec<(String, PathBuf)> = Vec::new();
+        // The directories above the mount point, by identity: a volume root among them (reached
+        // through a bind mount, say) holds the mount point whatever the paths say.
+        let above_mount: Vec<(u64, u64)> = mount
+            .as_deref()
+            .map(|m| m.ancestors().skip(1).filter_map(id).collect())
+            .unwrap_or_default();
+        // (key, resolved path, device and inode)
+        type Root = (String, PathBuf, Option<(u64, u64)>);
+        let mut roots: Vec<Root> = Vec::new();
         for (i, v) in self.volumes.iter().enumerate() {
             let BackendSettings::Dir { path } = &v.backend;
             let key = format!("volumes[{i}].backend.path");
             let root = real(path);
+            let root_id = id(&root);
             let err = |message: String| ConfigError {
                 origin: origin(&key),
                 key: key.clone(),
                 message,
             };
+            if let (Some(m), Some(rid)) = (&mount, root_id)
+                && above_mount.contains(&rid)
+            {
+                return Err(err(format!(
+                    "{} contains the mount point {} (the same directory by device and inode,                      through another path): a volume root and the mount point must not overlap",
+                    root.display(),
+                    m.display()
+                )));
+            }
             if let Some(m) = &mount {
                 let relation = if *m == root {
                     Some("is the mount point itself")
@@ -1244,13 +1279,35 @@ impl Settings {
                     )));
                 }
             }
-            if let Some((other, _)) = roots.iter().find(|(_, r)| *r == root) {
+            if let Some((other, _, _)) = roots
+                .iter()
+                .find(|(_, r, rid)| *r == root || (root_id.is_some() && *rid == root_id))
+            {
                 return Err(err(format!(
-                    "{} is the same directory as {other}: a standby must be another volume",
+                    "{} is the same directory as {other} (by path, or by device and inode                      through a bind mount): a standby must be another volume",
                     root.display()
                 )));
             }
-            roots.push((key, root));
+            roots.push((key, root, root_id));
+        }
+        // The state file, by where its directory really is: never under the mount point
+        // (through a symlink into it, say), where the mount would hide it.
+        if let (Some(state), Some(m)) = (self.state_path(), &mount) {
+            let dir = crate::ownfiles::parent_of(&state);
+            let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(dir);
+            let real_dir = real(existing).join(dir.strip_prefix(existing).unwrap_or(Path::new("")));
+            if real_dir.starts_with(m) {
+                return Err(ConfigError {
+                    origin: origin("mount.state_file"),
+                    key: "mount.state_file".into(),
+                    message: format!(
+                        "{} is inside the mount point {} (through {}): the mount would hide it;                          set mount.state_file elsewhere",
+                        state.display(),
+                        m.display(),
+                        real_dir.display()
+                    ),
+                });
+            }
         }
         Ok(())
     }

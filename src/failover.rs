@@ -53,6 +53,10 @@ pub trait KernelCache: Send + Sync + 'static {
     fn invalidate_inode(&self, ino: u64) -> std::io::Result<()>;
     /// Drop the name `name` in directory `parent`.
     fn invalidate_entry(&self, parent: u64, name: &OsStr) -> std::io::Result<()>;
+    /// Drop `ino`'s cached attributes only (its pages stay).
+    fn invalidate_attributes(&self, ino: u64) -> std::io::Result<()> {
+        self.invalidate_inode(ino)
+    }
 }
 
 /// Why a switch starts.

@@ -62,6 +62,11 @@ impl crate::failover::KernelCache for NotifierCache {
     fn invalidate_entry(&self, parent: u64, name: &OsStr) -> std::io::Result<()> {
         self.0.inval_entry(INodeNo(parent), name)
     }
+
+    fn invalidate_attributes(&self, ino: u64) -> std::io::Result<()> {
+        // A negative offset: attributes only.
+        self.0.inval_inode(INodeNo(ino), -1, 0)
+    }
 }
 
 /// Cache lifetimes handed to the kernel.
@@ -82,6 +87,11 @@ pub struct FuseFs {
     ready: Arc<Notify>,
     /// Asked for (`mount.passthrough`) and, once `init` ran, granted by the kernel.
     passthrough: Option<Passthrough>,
+    /// Who applies a creating caller's umask, once `init` ran: `None`, the kernel (the mode
+    /// arrives final); `Some(true)`, the volume, with the caller's umask on the worker thread
+    /// (`FUSE_DONT_MASK` granted; see [`crate::backend::identity::with_umask`]); `Some(false)`,
+    /// the kernel, with the thread's umask 0.
+    volume_masks: Option<bool>,
 }
 
 impl FuseFs {
@@ -101,6 +111,18 @@ impl FuseFs {
             ended,
             ready,
             passthrough: None,
+            volume_masks: None,
+        }
+    }
+
+    /// Who the caller of a create is, with the umask the volume must apply (see
+    /// [`FuseFs::volume_masks`]).
+    fn creator(&self, req: &Request, umask: u32) -> Caller {
+        Caller {
+            umask: self
+                .volume_masks
+                .map(|volume| if volume { umask } else { 0 }),
+            ..caller(req)
         }
     }
 
@@ -192,6 +214,7 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        umask: None,
     }
 }
 
@@ -387,6 +410,17 @@ impl Filesystem for FuseFs {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        // POSIX ACLs: the kernel reads `system.posix_acl_access` through getxattr and enforces
+        // it with the mode bits (`default_permissions`), as ext4 does; creates carry the umask
+        // unapplied so that the volume applies a parent's default ACL or the umask, whichever
+        // it would for a local process. Without a thread-private umask the kernel keeps
+        // masking, and ACLs are still enforced.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
+        self.volume_masks = if crate::backend::identity::private_umask() {
+            Some(config.add_capabilities(InitFlags::FUSE_DONT_MASK).is_ok())
+        } else {
+            None
+        };
         if self.passthrough.is_some() {
             let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok();
@@ -494,16 +528,17 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let who = self.creator(req, umask);
         self.serve(
             "mknod",
             parent.0,
             Some(name),
             reply,
-            || self.vfs.mknod(parent.0, name, mode, rdev, caller(req)),
+            || self.vfs.mknod(parent.0, name, mode, rdev, who),
             |reply, e| self.reply_entry(e, reply),
         );
     }
@@ -514,15 +549,16 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
+        let who = self.creator(req, umask);
         self.serve(
             "mkdir",
             parent.0,
             Some(name),
             reply,
-            || self.vfs.mkdir(parent.0, name, mode, caller(req)),
+            || self.vfs.mkdir(parent.0, name, mode, who),
             |reply, e| self.reply_entry(e, reply),
         );
     }
@@ -958,16 +994,17 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let who = self.creator(req, umask);
         self.serve(
             "create",
             parent.0,
             Some(name),
             reply,
-            || self.vfs.create(parent.0, name, mode, flags, caller(req)),
+            || self.vfs.create(parent.0, name, mode, flags, who),
             |reply, (e, fh)| {
                 let attr = file_attr(e.ino, &e.attr);
                 let (ttl, fh) = (&self.ttl.entry, FileHandle(fh));

@@ -631,6 +631,20 @@ impl InodeTable {
         }
     }
 
+    /// Every name `ino` is known under but its first (its other hard links).
+    pub fn other_places(&self, ino: u64) -> Vec<(u64, Name)> {
+        self.shards[shard_of(ino)]
+            .lock()
+            .get(&ino)
+            .map_or_else(Vec::new, |n| n.places.iter().skip(1).cloned().collect())
+    }
+
+    /// Forget that `name` in `parent` holds `ino` (it was found holding another file); whether
+    /// it did.
+    pub fn drop_place(&self, parent: u64, name: &OsStr, ino: u64) -> bool {
+        self.unmap(parent, name, ino)
+    }
+
     /// Number of names `ino` is known under.
     pub fn places(&self, ino: u64) -> usize {
         self.shards[shard_of(ino)]

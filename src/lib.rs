@@ -38,6 +38,7 @@ pub mod inode;
 pub mod metrics;
 pub mod monitor;
 pub mod namespace;
+pub mod ownfiles;
 pub mod probe;
 pub mod routing;
 pub mod state;

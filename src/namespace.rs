@@ -43,6 +43,20 @@ pub struct Namespace {
     /// as missing on the new volume.
     gone: AtomicU64,
     gone_at_prepare: AtomicU64,
+    /// Names found holding another file than the node the kernel has for them: the kernel's
+    /// entries must be dropped (from outside a FUSE worker: see `crate::fuse`), so that its next
+    /// use of the name looks it up again instead of reaching the old node.
+    stale_names: parking_lot::Mutex<Vec<Stale>>,
+    stale_names_wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// Something the kernel cached that no longer holds, to be dropped from outside a FUSE worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stale {
+    /// The kernel's entry for a name in a directory.
+    Entry(u64, OsString),
+    /// The kernel's cached attributes of an inode (not its pages).
+    Attributes(u64),
 }
 
 /// What [`Namespace::prepare`] left for the rest of the switch.
@@ -76,7 +90,33 @@ impl Namespace {
             handles: HandleTable::new(),
             gone: AtomicU64::new(0),
             gone_at_prepare: AtomicU64::new(0),
+            stale_names: parking_lot::Mutex::new(Vec::new()),
+            stale_names_wake: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// What the kernel must drop from its caches (see `stale_names`), taken.
+    pub fn take_stale_names(&self) -> Vec<Stale> {
+        std::mem::take(&mut *self.stale_names.lock())
+    }
+
+    /// Notified when a name is added to those.
+    pub fn stale_names_wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.stale_names_wake.clone()
+    }
+
+    fn name_went_stale(&self, parent: u64, name: &OsStr) {
+        self.stale_names
+            .lock()
+            .push(Stale::Entry(parent, name.to_owned()));
+        self.stale_names_wake.notify_one();
+    }
+
+    /// The volume changed `ino`'s attributes beyond what the request asked (set-ID bits dropped
+    /// by a write): the kernel's cached attributes must be dropped (its pages stay).
+    pub(crate) fn attributes_went_stale(&self, ino: u64) {
+        self.stale_names.lock().push(Stale::Attributes(ino));
+        self.stale_names_wake.notify_one();
     }
 
     /// Before a switch to `volume` under `generation` is published; see the module docs. Only
@@ -223,14 +263,32 @@ impl Namespace {
     /// chmod, ...) by looking the name up again, bypassing its caches: the application then gets
     /// the file the name holds now, or `ENOENT`, never the wrong file and never a stale `ENOENT`
     /// for a file that was renamed by another client and is back. A node last seen under an
-    /// earlier generation (before a switch) accepts what the new volume has.
+    /// earlier generation (before a switch) accepts what the new volume has. A name found
+    /// holding another file is also dropped from the kernel's cache (in the background).
     pub(crate) fn checked<T>(
         &self,
         t: &Ticket,
         ino: u64,
+        check: impl FnMut(At<'_>) -> Result<(T, Attr)>,
+    ) -> Result<(Place, T)> {
+        self.checked_as(t, ino, false, check)
+    }
+
+    /// [`Namespace::checked`] for an open or a change (`strict`): when a name had to be dropped
+    /// on the way to the file, the answer is `ESTALE` even though another name still holds it,
+    /// because the kernel may have come through the dropped name and must look it up again
+    /// rather than reach this file under it. Reads of attributes are not strict: the node's
+    /// attributes are right whichever name the kernel used.
+    pub(crate) fn checked_as<T>(
+        &self,
+        t: &Ticket,
+        ino: u64,
+        strict: bool,
         mut check: impl FnMut(At<'_>) -> Result<(T, Attr)>,
     ) -> Result<(Place, T)> {
+        let mut dropped = false;
         loop {
+            let mut parent_of_name = None;
             let (place, known) = match self.inodes.whereabouts(ino, t.volume().serial())? {
                 Whereabouts::Pinned(pin) => {
                     // A pinned directory is that very directory, unless it was removed: then
@@ -244,11 +302,15 @@ impl Namespace {
                 }
                 Whereabouts::Root => (itself(Dir::Root), None),
                 Whereabouts::Named { parent, name, seen } => match self.dir_of(t, parent) {
-                    Ok(dir) => (Place { dir, name }, seen),
+                    Ok(dir) => {
+                        parent_of_name = Some(parent);
+                        (Place { dir, name }, seen)
+                    }
                     // The directory of this name is gone: like a check that failed here.
                     Err(e) if matches!(e.errno(), libc::ENOENT | libc::ESTALE) => {
                         if self.inodes.places(ino) > 1 {
                             self.inodes.drop_first_place(ino);
+                            dropped = true;
                             continue;
                         }
                         return Err(Error::posix(libc::ESTALE));
@@ -260,13 +322,22 @@ impl Namespace {
                 Ok((v, attr)) => match known {
                     Some((generation, id))
                         if generation == t.generation() && id != IdDigest::of(&attr.id) => {}
+                    _ if dropped && strict => return Err(Error::posix(libc::ESTALE)),
                     _ => return Ok((place, v)),
                 },
                 Err(e) if e.errno() == libc::ENOENT && ino != ROOT => {}
                 Err(e) => return Err(e),
             }
             if self.inodes.places(ino) > 1 {
+                // That name holds another file now. The kernel may have come through it: drop
+                // its entry and answer ESTALE once the node is found under another name, so
+                // the kernel looks the name it used up again (it retries once, with a real
+                // lookup) instead of acting on the other name's file.
+                if let Some(parent) = parent_of_name {
+                    self.name_went_stale(parent, &place.name);
+                }
                 self.inodes.drop_first_place(ino);
+                dropped = true;
                 continue;
             }
             return Err(Error::posix(libc::ESTALE));
@@ -277,6 +348,61 @@ impl Namespace {
     pub(crate) fn located(&self, t: &Ticket, ino: u64) -> Result<(Place, Attr)> {
         let backend = &t.volume().backend;
         self.checked(t, ino, |at| backend.stat(at).map(|a| (a, a)))
+    }
+
+    /// For a node with several names (hard links), check that each name but the one
+    /// [`Namespace::checked`] used still holds the file with `attr`'s identity: a name that
+    /// holds another file now is forgotten, its kernel entry dropped, and the answer is ESTALE,
+    /// so that the kernel looks the name it came through up again (it may have been that one,
+    /// and an open must never reach one file under another's name). Opens and changes check
+    /// this; reads of attributes need not (the node's attributes are right whatever its names).
+    pub(crate) fn check_other_names(&self, t: &Ticket, ino: u64, attr: &Attr) -> Result<()> {
+        let others = self.inodes.other_places(ino);
+        if others.is_empty() {
+            return Ok(());
+        }
+        let backend = &t.volume().backend;
+        let mut dropped = false;
+        for (parent, name) in others {
+            let holds = match self.dir_of(t, parent) {
+                Ok(dir) => match backend.stat(At {
+                    dir: &dir,
+                    name: &name,
+                }) {
+                    Ok(a) => a.id == attr.id,
+                    Err(e) if matches!(e.errno(), libc::ENOENT | libc::ESTALE) => false,
+                    Err(e) => return Err(e),
+                },
+                Err(e) if matches!(e.errno(), libc::ENOENT | libc::ESTALE) => false,
+                Err(e) => return Err(e),
+            };
+            if !holds && self.inodes.drop_place(parent, &name, ino) {
+                self.name_went_stale(parent, &name);
+                dropped = true;
+            }
+        }
+        if dropped {
+            return Err(Error::posix(libc::ESTALE));
+        }
+        Ok(())
+    }
+
+    /// The checked place of `ino`, held (see [`crate::backend::Backend::hold`]) where the
+    /// backend can: the place returned addresses the very file whose identity was checked, so
+    /// a change made through it never lands on another file that took the name meanwhile.
+    /// Every change by place goes through here.
+    pub(crate) fn located_held(&self, t: &Ticket, ino: u64) -> Result<(Place, Attr)> {
+        let backend = &t.volume().backend;
+        let (place, (held, attr)) =
+            self.checked_as(t, ino, true, |at| match backend.hold(at)? {
+                Some((held, attr)) => Ok(((Some(held), attr), attr)),
+                None => backend.stat(at).map(|a| ((None, a), a)),
+            })?;
+        self.check_other_names(t, ino, &attr)?;
+        Ok(match held {
+            Some(held) => (itself(Dir::Pinned(held)), attr),
+            None => (place, attr),
+        })
     }
 
     /// Where `ino` is on ticket `t`'s volume, unchecked: a pinned directory itself, else its

@@ -9,7 +9,9 @@
 //! Invariants:
 //! - The file is written after every completed switch (by the switch controller only), naming the
 //!   volume that now serves, and only then; writing is atomic (temporary file, `fsync`, rename),
-//!   so a crash leaves the old or the new record, never half of one.
+//!   so a crash leaves the old or the new record, never half of one. It is written and read only
+//!   as [`crate::ownfiles`] allows: in a directory no other user can write, never through a
+//!   planted name, and read back only when no other user could have written it.
 //! - At start a record that names a volume of the table other than the first makes that volume
 //!   the one served first; a record naming the first volume, or no volume of the table, changes
 //!   nothing. A record that cannot be read or parsed is ignored with a warning: it can only ever
@@ -17,7 +19,6 @@
 //! - Going back to the primary is an operator's decision: `failoverfs switch <primary>` (which
 //!   records it), or removing the file before a start.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -64,20 +65,29 @@ impl StateFile {
     /// that fails is `None` with a warning naming the file.
     pub fn load(&self) -> Option<Record> {
         let path = self.path.as_deref()?;
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        let text = match crate::ownfiles::read_trusted(path, MAX_RECORD) {
+            Ok(Some(t)) => t,
+            Ok(None) => return None,
             Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot read the state file; starting on the first volume");
+                tracing::warn!(file = %path.display(), error = %e, "cannot use the state file; starting on the first volume");
                 return None;
             }
         };
-        match serde_json::from_str(&text) {
+        match serde_json::from_slice(&text) {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "the state file is not a record failoverfs wrote; ignoring it");
                 None
             }
+        }
+    }
+
+    /// Check that the state file's directory can be trusted (see [`crate::ownfiles`]), making
+    /// it if it is missing.
+    pub fn check(&self) -> Result<(), crate::ownfiles::Unsafe> {
+        match self.path.as_deref() {
+            Some(path) => crate::ownfiles::ensure_dir(crate::ownfiles::parent_of(path), 0o755),
+            None => Ok(()),
         }
     }
 
@@ -111,24 +121,16 @@ impl StateFile {
     }
 }
 
-fn write_atomically(path: &Path, record: &Record) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let body = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&body)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+/// The largest record read back (a record is well under 1 KiB).
+const MAX_RECORD: u64 = 64 * 1024;
+
+fn write_atomically(path: &Path, record: &Record) -> Result<(), crate::ownfiles::Unsafe> {
+    let mut body = serde_json::to_vec(record).map_err(|e| crate::ownfiles::Unsafe::Io {
+        path: path.to_path_buf(),
+        error: std::io::Error::other(e),
+    })?;
+    body.push(b'\n');
+    crate::ownfiles::write_atomically(path, &body)
 }
 
 /// The default state file of a mount at `mount`: `/var/lib/failoverfs/<mount path with / as

@@ -311,6 +311,17 @@ impl Vfs {
         })
     }
 
+    /// Names whose kernel entries must be dropped, taken (see [`Vfs::stale_names_wake`]).
+    pub fn take_stale_names(&self) -> Vec<crate::namespace::Stale> {
+        self.ns.take_stale_names()
+    }
+
+    /// Notified when a name was found holding another file than the kernel's node for it: the
+    /// kernel's entry must then be dropped, from outside a FUSE worker.
+    pub fn stale_names_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.ns.stale_names_wake()
+    }
+
     /// `forget`: the kernel dropped `n` references.
     pub fn forget(&self, ino: u64, n: u64) {
         self.ns.inodes.forget(ino, n);
@@ -355,7 +366,7 @@ impl Vfs {
             if let Some(fh) = fh {
                 return self.file_to_change(t, fh)?.setattr(set);
             }
-            match self.ns.located(t, ino) {
+            match self.ns.located_held(t, ino) {
                 Ok((place, _)) => t.volume().backend.setattr(place.at(), set),
                 Err(e) => {
                     match self
@@ -467,7 +478,7 @@ impl Vfs {
     /// `link`: a new name for `ino`.
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> Result<Entry> {
         self.change(Retry::Never, |t| {
-            let (place, _) = self.ns.located(t, ino)?;
+            let (place, _) = self.ns.located_held(t, ino)?;
             let dir = self.ns.dir_of(t, new_parent)?;
             let attr = t.volume().backend.link(place.at(), &dir, new_name)?;
             self.ns.entry(t, new_parent, new_name, attr)
@@ -481,11 +492,25 @@ impl Vfs {
         }
         self.run(Retry::Never, |t| {
             let backend = &t.volume().backend;
-            let (_, (file, attr)) = self.ns.checked(t, ino, |at| {
-                let (file, attr) = backend.open(at, flags, who)?;
+            let truncated = flags & libc::O_TRUNC != 0;
+            // Opened without O_TRUNC: the name may hold another file than the one the kernel
+            // checked the caller's rights on (replaced on the volume), and the daemon may be
+            // root. Only the file that passed the identity check is truncated, through the
+            // descriptor that was checked.
+            let (_, (file, attr)) = self.ns.checked_as(t, ino, true, |at| {
+                let (file, attr) = backend.open(at, flags & !libc::O_TRUNC, who)?;
                 Ok(((file, attr), attr))
             })?;
-            let truncated = flags & libc::O_TRUNC != 0;
+            self.ns.check_other_names(t, ino, &attr)?;
+            let attr = if truncated {
+                file.setattr(&SetAttr {
+                    size: Some(0),
+                    by: Some(who),
+                    ..SetAttr::default()
+                })?
+            } else {
+                attr
+            };
             let opened_as = self.opened_as(&attr);
             let keep_cache = self.ns.opened(ino, &attr, t.volume());
             let fh = self
@@ -567,7 +592,13 @@ impl Vfs {
             let file = self.file_of_handle(t, h, true)?;
             match kill_privileges {
                 None => file.write_at(data, offset),
-                Some(who) => file.write_as(data, offset, who),
+                Some(who) => {
+                    let n = file.write_as(data, offset, who)?;
+                    // The volume dropped set-ID bits the kernel still has cached (a write's
+                    // reply carries no attributes).
+                    self.ns.attributes_went_stale(h.ino);
+                    Ok(n)
+                }
             }
         })
     }
@@ -593,7 +624,13 @@ impl Vfs {
         self.change(Retry::Never, |t| {
             // Punching or zeroing a range changes its bytes like a write does.
             let _writing = self.writing.begin(ino, offset, len);
-            self.file_to_change(t, fh)?.allocate(offset, len, mode, who)
+            self.file_to_change(t, fh)?
+                .allocate(offset, len, mode, who)?;
+            if who.uid != 0 {
+                // The volume may have dropped set-ID bits as for the caller's own call.
+                self.ns.attributes_went_stale(ino);
+            }
+            Ok(())
         })
     }
 
@@ -617,7 +654,12 @@ impl Vfs {
             let _writing = self.writing.begin(ino_out, off_out, len);
             let src = self.file_of(t, fh_in)?;
             let dst = self.file_to_change(t, fh_out)?;
-            src.copy_range(off_in, dst.as_ref(), off_out, len, who)
+            let n = src.copy_range(off_in, dst.as_ref(), off_out, len, who)?;
+            if who.uid != 0 {
+                // The volume may have dropped set-ID bits as for the caller's own call.
+                self.ns.attributes_went_stale(ino_out);
+            }
+            Ok(n)
         })
     }
 
@@ -781,7 +823,7 @@ impl Vfs {
         self.change(Retry::Never, |t| {
             t.volume()
                 .backend
-                .setxattr(self.ns.located(t, ino)?.0.at(), name, value, flags)
+                .setxattr(self.ns.located_held(t, ino)?.0.at(), name, value, flags)
         })
     }
 
@@ -799,7 +841,7 @@ impl Vfs {
         self.change(Retry::Never, |t| {
             t.volume()
                 .backend
-                .removexattr(self.ns.located(t, ino)?.0.at(), name)
+                .removexattr(self.ns.located_held(t, ino)?.0.at(), name)
         })
     }
 

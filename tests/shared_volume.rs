@@ -165,6 +165,7 @@ const NOBODY: failoverfs::backend::Caller = failoverfs::backend::Caller {
     uid: 65534,
     gid: 65534,
     pid: 0,
+    umask: None,
 };
 
 #[test]

@@ -32,7 +32,7 @@ use nix::sys::stat::{Mode, SFlag, fstat, fstatat, mkdirat, mknodat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchownat, linkat, symlinkat, unlinkat};
 
-use super::identity::{self, as_caller};
+use super::identity::{self, as_caller, with_umask};
 use super::{
     At, Attr, Backend, Caller, Dir, FileKind, Listing, OpenFile, Pin, RootMark, SetAttr, SetTime,
     StatFs,
@@ -66,7 +66,8 @@ pub struct DirBackend {
 /// Serials of [`DirBackend`]s, never repeated in a process.
 static SERIALS: AtomicU64 = AtomicU64::new(1);
 
-/// A directory pinned by a [`DirBackend`].
+/// A directory pinned by a [`DirBackend`], or any file it holds for one operation
+/// ([`Backend::hold`]).
 struct PinnedDir {
     fd: OwnedFd,
     owner: u64,
@@ -265,6 +266,16 @@ impl Backend for DirBackend {
         Ok(Some((Arc::new(pin), attr)))
     }
 
+    fn hold(&self, at: At<'_>) -> Result<Option<(Pin, Attr)>> {
+        let fd = self.open_at(at, OFlag::O_PATH)?;
+        let attr = statx_attr(fd.as_fd(), OsStr::new(""))?;
+        let held = PinnedDir {
+            fd,
+            owner: self.serial,
+        };
+        Ok(Some((Arc::new(held), attr)))
+    }
+
     fn stat(&self, at: At<'_>) -> Result<Attr> {
         if at.name.is_empty() {
             let target = self.target(at)?;
@@ -319,7 +330,9 @@ impl Backend for DirBackend {
         let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
         let perm = Mode::from_bits_truncate(mode & 0o7777);
         as_caller(who, || {
-            Ok(mknodat(dir.as_fd(), name, kind, perm, rdev as libc::dev_t)?)
+            with_umask(who.umask, || {
+                Ok(mknodat(dir.as_fd(), name, kind, perm, rdev as libc::dev_t)?)
+            })
         })?;
         self.chown_new(&dir, name, who)?;
         self.stat_at(&dir, name)
@@ -329,7 +342,9 @@ impl Backend for DirBackend {
         check_name(name)?;
         let dir = self.dir(dir)?;
         let perm = Mode::from_bits_truncate(mode & 0o7777);
-        as_caller(who, || Ok(mkdirat(dir.as_fd(), name, perm)?))?;
+        as_caller(who, || {
+            with_umask(who.umask, || Ok(mkdirat(dir.as_fd(), name, perm)?))
+        })?;
         self.chown_new(&dir, name, who)?;
         self.stat_at(&dir, name)
     }
@@ -384,10 +399,25 @@ impl Backend for DirBackend {
     }
 
     fn link(&self, at: At<'_>, new_dir: &Dir, new_name: &OsStr) -> Result<Attr> {
-        check_name(at.name)?;
         check_name(new_name)?;
-        let from = self.dir(at.dir)?;
         let to = self.dir(new_dir)?;
+        if at.name.is_empty() {
+            // A held file itself: link that very file, through its descriptor's link (which
+            // names the file, never a symlink's target).
+            let target = self.target(at)?;
+            with_proc_path(target.as_fd(), |proc| {
+                Ok(linkat(
+                    nix::fcntl::AT_FDCWD,
+                    proc,
+                    to.as_fd(),
+                    new_name,
+                    AtFlags::AT_SYMLINK_FOLLOW,
+                )?)
+            })?;
+            return self.stat_at(&to, new_name);
+        }
+        check_name(at.name)?;
+        let from = self.dir(at.dir)?;
         linkat(
             from.as_fd(),
             at.name,
@@ -419,18 +449,21 @@ impl Backend for DirBackend {
         // As the caller: the volume checks the caller's rights, on the new file and on an
         // existing one alike, and the new file is the caller's from the start.
         let (fd, existing) = as_caller(who, || {
-            match nix::fcntl::openat(dir.as_fd(), name, exclusive, perm) {
+            let made = with_umask(who.umask, || {
+                Ok(nix::fcntl::openat(dir.as_fd(), name, exclusive, perm)?)
+            });
+            match made {
                 Ok(fd) => Ok((fd, None)),
                 // The entry appeared (or was never visible to the kernel's cache): open what is
                 // there, unless the caller asked for exclusive creation. The open already took
                 // the file's attributes, after it (and after its truncation).
                 // Already running as the caller: the open must not switch again.
-                Err(nix::errno::Errno::EEXIST) if flags & libc::O_EXCL == 0 => {
+                Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
                     let (fd, attr) =
                         self.open_regular(At { dir: parent, name }, flags, Caller::ROOT)?;
                     Ok((fd, Some(attr)))
                 }
-                Err(e) => Err(e.into()),
+                Err(e) => Err(e),
             }
         })?;
         let file = DirFile::new(fd);
@@ -627,7 +660,23 @@ impl OpenFile for DirFile {
         let mode = self.mode_if_killing(set.kills_privileges(), set.by)?;
         as_caller_killing(mode, set, || {
             if let Some(size) = set.size {
-                nix::unistd::ftruncate(self.file.as_fd(), size_to_off(size)?)?;
+                let size = size_to_off(size)?;
+                match nix::unistd::ftruncate(self.file.as_fd(), size) {
+                    // Opened read-only (`O_RDONLY | O_TRUNC`, or a truncate the kernel sent
+                    // with this handle): the kernel checked the caller's write permission on
+                    // this very file, so truncate it through a writable descriptor of it.
+                    Err(nix::errno::Errno::EINVAL | nix::errno::Errno::EBADF) => {
+                        with_proc_path(self.file.as_fd(), |proc| {
+                            let f = nix::fcntl::open(
+                                proc,
+                                OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+                                Mode::empty(),
+                            )?;
+                            Ok(nix::unistd::ftruncate(&f, size)?)
+                        })?;
+                    }
+                    r => r?,
+                }
             }
             with_proc_path(self.file.as_fd(), |proc| {
                 apply_owner_mode_times(self.file.as_fd(), proc, set)

@@ -252,6 +252,15 @@ impl Backend for FaultyBackend {
             (pin, attr)
         }))
     }
+    fn hold(&self, at: At<'_>) -> Result<Option<(Pin, Attr)>> {
+        let path = path_of(at);
+        self.faults.check(&path)?;
+        let dir = inner(at.dir);
+        Ok(self.inner.hold(at.with(&dir))?.map(|(pin, attr)| {
+            let pin: Pin = Arc::new(FaultyPin { inner: pin, path });
+            (pin, attr)
+        }))
+    }
     fn stat(&self, at: At<'_>) -> Result<Attr> {
         self.faults.check(&path_of(at))?;
         self.inner.stat(at.with(&inner(at.dir)))

@@ -13,7 +13,18 @@
 //!   change the calling thread only (glibc's `setgroups` wrapper would change every thread).
 //! - It is always restored before the thread serves anything else, on every path (a guard).
 //! - Only a root daemon switches identity; an unprivileged daemon creates as itself.
+//!
+//! The caller's umask travels the same way. With `FUSE_DONT_MASK` the kernel leaves the umask to
+//! the filesystem, which is what POSIX ACLs need: a directory with a default ACL ignores the
+//! umask, any other applies it, and only the volume knows which. So a worker thread that creates
+//! gets a filesystem context of its own (`unshare(CLONE_FS)`, once per thread) and runs each
+//! create with the caller's umask ([`with_umask`]): the volume then does exactly what it does for
+//! a local process. The process's own umask (see [`set_process_umask`]) then keeps at least
+//! group and other write off, so no file the daemon makes for itself starts writable by others. Where a thread cannot have its own context
+//! (a seccomp filter refusing `unshare`), the process umask is 0, the kernel applies the caller's
+//! umask itself, and creates run with the mode as the kernel sent it.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 use crate::backend::Caller;
@@ -109,5 +120,57 @@ pub fn as_caller<T>(who: Caller, f: impl FnOnce() -> Result<T>) -> Result<T> {
     }
     let r = f();
     drop(restore);
+    r
+}
+
+/// Whether worker threads can have a umask of their own (`unshare(CLONE_FS)`), tried once in a
+/// throwaway thread.
+pub fn private_umask() -> bool {
+    static WORKS: OnceLock<bool> = OnceLock::new();
+    *WORKS.get_or_init(|| {
+        std::thread::spawn(|| nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).is_ok())
+            .join()
+            .unwrap_or(false)
+    })
+}
+
+/// Set the process's umask at start: the inherited one with group and other write removed when
+/// creates carry the caller's umask per thread (the daemon's own files never start writable by
+/// others), else 0 (the kernel applied the caller's umask and a create must keep the mode it
+/// sent). Returns whether creates carry the caller's umask.
+pub fn set_process_umask() -> bool {
+    use nix::sys::stat::{Mode, umask};
+    let private = private_umask();
+    let inherited = umask(Mode::empty());
+    let mask = if private {
+        inherited | Mode::S_IWGRP | Mode::S_IWOTH
+    } else {
+        Mode::empty()
+    };
+    umask(mask);
+    private
+}
+
+thread_local! {
+    /// Whether this thread has its own filesystem context (and so its own umask).
+    static OWN_FS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run `f` (a create) with this thread's umask set to `umask`, then restore it. `None`: the mode
+/// is final (the kernel applied the caller's umask): the thread's umask is 0 for the call.
+pub fn with_umask<T>(umask: Option<u32>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if !private_umask() {
+        // The process umask is 0 (see `set_process_umask`) and no thread can have another.
+        return f();
+    }
+    if !OWN_FS.get() {
+        // Never change the umask shared with other threads: a failure here fails the create.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
+        OWN_FS.set(true);
+    }
+    let mask = nix::sys::stat::Mode::from_bits_truncate(umask.unwrap_or(0) & 0o777);
+    let old = nix::sys::stat::umask(mask);
+    let r = f();
+    nix::sys::stat::umask(old);
     r
 }
