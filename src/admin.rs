@@ -333,6 +333,9 @@ pub struct Counters {
     pub refused_operations: u64,
     /// Failures on the data path that had the volume probed at once.
     pub data_path_alarms: u64,
+    /// `ESTALE` answers to the kernel (a name that holds another file now, a removed file):
+    /// the kernel retries each once with a fresh lookup.
+    pub stale_answers: u64,
     /// Operations in the volume now.
     pub in_flight: u64,
 }
@@ -424,6 +427,7 @@ impl AdminState {
             op_timeouts: self.deadlines.timeouts_total(),
             refused_operations: self.deadlines.refused_total(),
             data_path_alarms: self.vfs.alarms_total(),
+            stale_answers: self.vfs.stale_answers_total(),
             in_flight: route.gate().in_flight(),
         };
         let audit = self.audit.lock();

@@ -265,6 +265,9 @@ impl FuseFs {
     /// to DEBUG.
     #[inline]
     fn errno(&self, op: &'static str, ino: u64, e: Error) -> Errno {
+        if e.errno() == libc::ESTALE {
+            self.vfs.count_stale_answer();
+        }
         match e.level() {
             Level::Quiet => tracing::trace!(op, ino, error = %e, "operation failed"),
             Level::Debug => tracing::debug!(op, ino, error = %e, "operation failed"),

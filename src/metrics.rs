@@ -51,6 +51,8 @@ pub const OP_TIMEOUTS: &str = "failoverfs_op_timeouts";
 pub const REFUSED: &str = "failoverfs_operations_refused";
 /// Data-path failures that had the volume probed at once.
 pub const ALARMS: &str = "failoverfs_data_path_alarms";
+/// `ESTALE` answers to the kernel.
+pub const STALE_ANSWERS: &str = "failoverfs_stale_answers";
 /// Open handles that could not follow a switch (file missing on the new volume).
 pub const STALE_HANDLES: &str = "failoverfs_stale_handles";
 /// Files changed on the old volume through handles open at a switch.
@@ -269,6 +271,11 @@ pub fn render(st: &AdminState) -> Result<String, std::fmt::Error> {
             ALARMS,
             "Data-path failures that had the volume probed at once",
             c.data_path_alarms,
+        ),
+        (
+            STALE_ANSWERS,
+            "ESTALE answers to the kernel (it looks the name up again and retries once)",
+            c.stale_answers,
         ),
         (
             STALE_HANDLES,

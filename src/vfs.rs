@@ -104,6 +104,8 @@ pub struct Vfs {
     retried: AtomicU64,
     alarm: Arc<tokio::sync::Notify>,
     alarms: AtomicU64,
+    /// `ESTALE` answers sent to the kernel (see [`Vfs::count_stale_answer`]).
+    stale_answers: AtomicU64,
     writing: WritesInFlight,
 }
 
@@ -119,6 +121,7 @@ impl Vfs {
             retried: AtomicU64::new(0),
             alarm: Arc::new(tokio::sync::Notify::new()),
             alarms: AtomicU64::new(0),
+            stale_answers: AtomicU64::new(0),
             writing: WritesInFlight::new(),
         }
     }
@@ -139,6 +142,18 @@ impl Vfs {
     pub fn raise_alarm(&self) {
         self.alarms.fetch_add(1, Ordering::Relaxed);
         self.alarm.notify_one();
+    }
+
+    /// Count an `ESTALE` answer to the kernel. The kernel looks the name up again once and
+    /// retries; an application sees `ESTALE` only when the retry fails the same way, which a
+    /// local filesystem would not do: this count is the upper bound to watch.
+    pub fn count_stale_answer(&self) {
+        self.stale_answers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `ESTALE` answers sent to the kernel so far.
+    pub fn stale_answers_total(&self) -> u64 {
+        self.stale_answers.load(Ordering::Relaxed)
     }
 
     /// Operations retried on a new route after failing on the old one (a counter).

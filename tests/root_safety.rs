@@ -107,6 +107,10 @@ fn a_name_recreated_beside_a_hard_link_never_serves_the_links_file() {
             format!("new x {round}\n"),
             "round {round}: x read y's bytes"
         );
+        assert!(
+            fx.app().vfs().stale_answers_total() > 0,
+            "round {round}: the kernel was sent back to look x up (ESTALE, counted)"
+        );
         fs::write(fx.path("x"), b"written to x\n").unwrap();
         assert_eq!(fs::read(fx.vol(0, "x")).unwrap(), b"written to x\n");
         assert_eq!(
