@@ -156,7 +156,9 @@ pub fn serve(mut bound: Bound, state: Arc<AdminState>, stop: CancellationToken) 
 fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let dir = crate::ownfiles::parent_of(path);
-    crate::ownfiles::ensure_dir(dir, 0o755).map_err(std::io::Error::other)?;
+    crate::ownfiles::tighten_default(dir);
+    crate::ownfiles::ensure_dir(dir, 0o755)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
             return Err(std::io::Error::new(

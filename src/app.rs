@@ -398,6 +398,10 @@ impl App {
             let _rt = runtime.enter();
             match (admin::bind(&admin_address), settings.admin.listen.is_some()) {
                 (Ok(bound), _) => bound,
+                // A directory others can write: the configuration must change (exit 2).
+                (Err(e), true) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(StartError::usage(format!("admin.listen: {e}")));
+                }
                 (Err(e), true) => {
                     return Err(StartError::failure(format!(
                         "admin.listen: cannot listen on {admin_address:?}: {e}"

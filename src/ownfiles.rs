@@ -118,6 +118,37 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), Unsafe> {
     check_dir(dir)
 }
 
+/// The directories failoverfs makes by default (`/run/failoverfs`, `/var/lib/failoverfs`).
+pub const DEFAULT_DIRS: [&str; 2] = ["/run/failoverfs", "/var/lib/failoverfs"];
+
+/// Earlier versions made their default directories with a umask of 0 (mode 0777). When `dir` is
+/// one of [`DEFAULT_DIRS`], owned by root, and writable by others without the sticky bit, set it
+/// to 0755 with a warning: what another user may have left inside is never trusted anyway (a
+/// socket is replaced only when nothing answers on it, the state file is read only when root's
+/// and written only through a fresh name). Any other directory is left as it is.
+pub fn tighten_default(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if !DEFAULT_DIRS.iter().any(|d| Path::new(d) == dir) {
+        return;
+    }
+    let Ok(md) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    let mode = md.mode() & 0o7777;
+    if md.is_dir() && md.uid() == 0 && mode & 0o022 != 0 && mode & libc::S_ISVTX == 0 {
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)) {
+            Ok(()) => tracing::warn!(
+                dir = %dir.display(),
+                was = format!("{mode:04o}"),
+                "tightened a default directory an earlier version left writable by everyone to 0755"
+            ),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot tighten a default directory")
+            }
+        }
+    }
+}
+
 /// The directory `path` is named in (`.` for a bare name).
 pub fn parent_of(path: &Path) -> &Path {
     path.parent()

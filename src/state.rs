@@ -86,7 +86,11 @@ impl StateFile {
     /// it if it is missing.
     pub fn check(&self) -> Result<(), crate::ownfiles::Unsafe> {
         match self.path.as_deref() {
-            Some(path) => crate::ownfiles::ensure_dir(crate::ownfiles::parent_of(path), 0o755),
+            Some(path) => {
+                let dir = crate::ownfiles::parent_of(path);
+                crate::ownfiles::tighten_default(dir);
+                crate::ownfiles::ensure_dir(dir, 0o755)
+            }
             None => Ok(()),
         }
     }

@@ -473,3 +473,36 @@ fn set_id_bits_the_volume_drops_on_a_write_show_through_the_mount() {
         );
     }
 }
+
+#[test]
+fn an_admin_socket_in_a_directory_others_can_write_is_refused() {
+    let layout = Layout::new(1, "", "");
+    let open = layout.dir.path().join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let config = fs::read_to_string(&layout.config).unwrap().replace(
+        &format!("\"{}\"", layout.dir.path().join("admin.sock").display()),
+        &format!("\"{}\"", open.join("admin.sock").display()),
+    );
+    fs::write(&layout.config, config).unwrap();
+    let settings = failoverfs::config::load_and_prepare(
+        &layout.config,
+        &failoverfs::config::Overrides::default(),
+    )
+    .unwrap();
+    let e = match failoverfs::app::App::start(&settings) {
+        Ok(app) => {
+            app.shutdown();
+            panic!("an admin socket in a world-writable directory was accepted");
+        }
+        Err(e) => e,
+    };
+    assert_eq!(e.exit, failoverfs::exit::Exit::Usage);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("admin.listen") && msg.contains("writable by other users"),
+        "{msg}"
+    );
+    assert!(!open.join("admin.sock").exists());
+    assert!(!common::is_mounted(&layout.mnt));
+}
