@@ -1197,7 +1197,7 @@ impl Settings {
             match &v.backend {
                 BackendSettings::Dir { path } => {
                     let key = format!("volumes[{i}].backend.path");
-                    ensure_dir(path, create, false).map_err(|message| ConfigError {
+                    volume_root(path, create).map_err(|message| ConfigError {
                         origin: origin(&key),
                         key,
                         message,
@@ -1481,6 +1481,31 @@ fn ensure_dir(path: &Path, create: bool, dead_mount_ok: bool) -> Result<(), Stri
     }
 }
 
+/// A `dir` volume root: a directory (made when missing and `create`). A root that is missing or
+/// cannot be reached (a dead FUSE mount: what a deleted network volume's client leaves) is not a
+/// configuration error: after a failover it is exactly what the deleted primary leaves behind,
+/// and a restart must still serve the standby. Such a volume is unavailable at start (probed on,
+/// and used when it comes back); the start decides what that means for the volume it serves.
+/// Only a path that exists and is not a directory is refused.
+fn volume_root(path: &Path, create: bool) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{} exists but is not a directory", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            std::fs::create_dir_all(path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))
+        }
+        Err(e) => {
+            tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "a volume root cannot be reached; the volume is unavailable until it can"
+            );
+            Ok(())
+        }
+    }
+}
+
 /// Serde support for human-readable durations (`"2s"`, `"500ms"`, `"1m 30s"`).
 pub mod duration {
     use std::time::Duration;
@@ -1673,8 +1698,13 @@ mod tests {
         assert_eq!(e.key, "mount.path");
         assert!(e.message.contains("does not exist"), "{e}");
         std::fs::create_dir(tmp.path().join("mnt")).unwrap();
+        // A missing volume root is an unavailable volume, not a configuration error (what a
+        // deleted volume leaves behind must not stop a restart); a file there is refused.
+        load_and_prepare(&file, &Overrides::default()).unwrap();
+        std::fs::write(tmp.path().join("a"), b"").unwrap();
         let e = load_and_prepare(&file, &Overrides::default()).unwrap_err();
         assert_eq!(e.key, "volumes[0].backend.path");
+        assert!(e.message.contains("not a directory"), "{e}");
     }
 
     #[test]

@@ -91,13 +91,16 @@ fn bad_configs_exit_2_with_one_clear_line() {
     let l = Layout::new(0, "", "");
     assert_file_error(&l, "volumes");
 
-    // Relative and nonexistent volume paths.
+    // Relative volume paths, and a volume path that is not a directory. (A missing one is an
+    // unavailable volume, not a configuration error: see
+    // `a_restart_after_a_failover_serves_when_the_primary_root_is_gone`.)
     let l = Layout::new(2, "", "");
     let v1 = l.vols[1].display().to_string();
     edit(&l, &v1, "relative/path");
     assert_file_error(&l, "volumes[1].backend.path");
     let l = Layout::new(2, "", "");
     std::fs::remove_dir(&l.vols[1]).unwrap();
+    std::fs::write(&l.vols[1], b"a file").unwrap();
     assert_file_error(&l, "volumes[1].backend.path");
 
     // Mount point missing, or not a directory.
@@ -589,4 +592,53 @@ fn a_restart_after_a_switch_serves_the_volume_switched_to() {
     wait_until(Duration::from_secs(10), "v0 recorded", || recorded("v0"));
     m.restart(&[]);
     assert!(serving("v0"));
+}
+
+#[test]
+fn a_restart_after_a_failover_serves_when_the_primary_root_is_gone() {
+    let l = Layout::with_volumes(2, "", FAST_HEALTH, |i| {
+        if i == 0 {
+            "probe = { kind = \"dir\", marker = \".volume\" }".into()
+        } else {
+            String::new()
+        }
+    });
+    for (i, v) in l.vols.iter().enumerate() {
+        std::fs::write(v.join("f"), format!("v{i}")).unwrap();
+    }
+    std::fs::write(l.vols[0].join(".volume"), b"").unwrap();
+    let state = l.dir.path().join("state.json");
+    let mut m = BinMount::start(l, &[]);
+    let f = m.mnt.join("f");
+    let serving = |want: &str| std::fs::read_to_string(&f).is_ok_and(|s| s == want);
+    std::fs::remove_file(m.layout.vols[0].join(".volume")).unwrap();
+    wait_until(Duration::from_secs(30), "the switch to v1", || {
+        serving("v1")
+    });
+    wait_until(Duration::from_secs(10), "v1 recorded", || {
+        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"active\":\"v1\""))
+    });
+    // What a deleted volume leaves: its root moved away, then removed altogether.
+    let primary = m.layout.vols[0].clone();
+    std::fs::rename(&primary, primary.with_extension("old")).unwrap();
+    m.restart(&[]);
+    assert!(serving("v1"), "{}", m.stderr());
+    std::fs::remove_dir_all(primary.with_extension("old")).unwrap();
+    m.restart(&[]);
+    assert!(serving("v1"), "{}", m.stderr());
+    // `check` reports the unusable primary with its documented code (1), not as a
+    // configuration error (2).
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&m.layout.config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(m.wait(Duration::from_secs(20)), Some(0));
 }
