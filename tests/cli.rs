@@ -626,6 +626,31 @@ fn a_restart_after_a_failover_serves_when_the_primary_root_is_gone() {
     std::fs::remove_dir_all(primary.with_extension("old")).unwrap();
     m.restart(&[]);
     assert!(serving("v1"), "{}", m.stderr());
+    // A dead FUSE mount where the primary's root was (its client killed): another failoverfs,
+    // without fusermount3, so that a SIGKILL leaves its mount dead.
+    std::fs::create_dir(&primary).unwrap();
+    let helper_layout = Layout::new(1, "", "");
+    let helper_config = std::fs::read_to_string(&helper_layout.config)
+        .unwrap()
+        .replace(
+            &format!("\"{}\"", helper_layout.mnt.display()),
+            &format!("\"{}\"", primary.display()),
+        );
+    std::fs::write(&helper_layout.config, helper_config).unwrap();
+    let mut helper = BinMount::start_with_env(
+        helper_layout,
+        &[],
+        &[("FUSERMOUNT_PATH", "/nonexistent/fusermount3")],
+        &primary,
+    );
+    helper.signal(Signal::SIGKILL);
+    assert!(helper.wait(Duration::from_secs(10)).is_none(), "killed");
+    assert_eq!(
+        std::fs::metadata(&primary).unwrap_err().raw_os_error(),
+        Some(libc::ENOTCONN)
+    );
+    m.restart(&[]);
+    assert!(serving("v1"), "{}", m.stderr());
     // `check` reports the unusable primary with its documented code (1), not as a
     // configuration error (2).
     let out = bin()
@@ -639,6 +664,9 @@ fn a_restart_after_a_failover_serves_when_the_primary_root_is_gone() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    m.signal(nix::sys::signal::Signal::SIGTERM);
+    m.signal(Signal::SIGTERM);
     assert_eq!(m.wait(Duration::from_secs(20)), Some(0));
+    // The dead mount goes with `helper` (its drop detaches what is left).
+    drop(helper);
+    assert!(!is_mounted(&primary));
 }
