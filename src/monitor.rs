@@ -175,12 +175,26 @@ impl Tracker {
         &self.health
     }
 
-    /// Take one answer received at `now`; returns the transition when the state changed kind.
+    /// Take one answer received at `now`, from the volume's most authoritative probes; returns
+    /// the transition when the state changed kind.
     pub fn observe(&mut self, verdict: &Verdict, now: Instant) -> Option<Transition> {
+        self.observe_with(verdict, true, now)
+    }
+
+    /// Take one answer received at `now`. `vouched`: a probe of the volume's highest authority
+    /// answered healthy (see [`probe_round`]); a healthy answer from a lesser probe alone (the
+    /// root under a master that is down) serves, but does not make the volume *seen healthy*,
+    /// so a later deletion answer for a volume never seen healthy stays a configuration error.
+    pub fn observe_with(
+        &mut self,
+        verdict: &Verdict,
+        vouched: bool,
+        now: Instant,
+    ) -> Option<Transition> {
         let next = match verdict {
             Verdict::Healthy { note } => {
                 self.streak = None;
-                self.seen_healthy = true;
+                self.seen_healthy |= vouched;
                 Health::Healthy { note: note.clone() }
             }
             Verdict::PendingDelete(e) | Verdict::Deleted(e) if !self.seen_healthy => {
@@ -362,6 +376,20 @@ pub async fn probe_once(
     probes: &[Arc<dyn Probe>],
     timeout: Duration,
 ) -> (Verdict, Vec<(&'static str, Verdict)>) {
+    let (verdict, answers, _) = probe_round(probes, timeout).await;
+    (verdict, answers)
+}
+
+/// [`probe_once`], and whether a probe of the highest authority the volume has answered
+/// healthy: only such an answer makes a volume *seen healthy* (see [`Tracker::observe_with`]),
+/// because only the probe that can declare a volume deleted can vouch that it was ever there (a
+/// root that answers under a master that says "no leader" vouches for a directory, not for the
+/// volume name the master will be asked about).
+pub async fn probe_round(
+    probes: &[Arc<dyn Probe>],
+    timeout: Duration,
+) -> (Verdict, Vec<(&'static str, Verdict)>, bool) {
+    let top = probes.iter().map(|p| p.authority()).max();
     let mut set = tokio::task::JoinSet::new();
     for (i, p) in probes.iter().enumerate() {
         let p = p.clone();
@@ -401,9 +429,13 @@ pub async fn probe_once(
             .map(|(_, _, a, v)| (*a, v.clone()))
             .collect::<Vec<_>>(),
     );
+    let vouched = answers
+        .iter()
+        .any(|(_, _, a, v)| Some(*a) == top && matches!(v, Verdict::Healthy { .. }));
     (
         combined,
         answers.into_iter().map(|(_, k, _, v)| (k, v)).collect(),
+        vouched,
     )
 }
 
@@ -524,12 +556,12 @@ async fn watch_volume(
     let mut was_active = is_active(&active);
     loop {
         let began = Instant::now();
-        let (verdict, answers) = tokio::select! {
-            r = probe_once(&w.probes, w.policy.timeout) => r,
+        let (verdict, answers, vouched) = tokio::select! {
+            r = probe_round(&w.probes, w.policy.timeout) => r,
             _ = cancel.cancelled() => return,
         };
         let now = Instant::now();
-        if let Some(t) = tracker.observe(&verdict, now) {
+        if let Some(t) = tracker.observe_with(&verdict, vouched, now) {
             log_transition(&w.name, &t, &answers);
         }
         tx.send_modify(|s| {
@@ -651,6 +683,15 @@ mod tests {
             "{:?}",
             t.health()
         );
+        // Healthy by a lesser probe only (the root while the master is down): still never seen.
+        t.observe_with(&Verdict::healthy(), false, t0 + Duration::from_secs(55));
+        for i in 0..5 {
+            t.observe(
+                &deleted(Strength::Strong),
+                t0 + Duration::from_secs(56 + i / 2),
+            );
+        }
+        assert!(!t.health().is_deleted(), "{:?}", t.health());
         // Once seen, it can go.
         t.observe(&Verdict::healthy(), t0 + Duration::from_secs(60));
         for i in 0..5 {

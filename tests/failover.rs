@@ -984,3 +984,49 @@ fn fio_writing_through_the_switch_gets_an_error_not_older_content() {
     );
     assert_eq!(fx.app().audit()[0].writes_left, vec!["w/big".to_string()]);
 }
+
+#[test]
+fn a_misspelt_volume_seen_only_through_its_root_while_the_master_is_down_is_never_deleted() {
+    // The master has `vol-a`; the configuration names `vol-a` too, but the master answers "no
+    // leader" from the start: only the root's own check answers, and it says healthy. When the
+    // master comes back it says the volume the configuration names does not exist (here: it was
+    // never created, as for a misspelt name). That must stay a configuration error: the root
+    // vouches for a directory, not for the volume the master is asked about.
+    let c = FakeCluster::start(1);
+    c.fault(0, Fault::NoLeader);
+    let layout = cubefs_primary(&c);
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    let rounds = |fx: &Fixture| fx.app().monitor().states()[0].rounds;
+    let r0 = rounds(&fx);
+    wait_until(
+        Duration::from_secs(30),
+        "5 rounds while the master is down",
+        || rounds(&fx) >= r0 + 5,
+    );
+    c.fault(0, Fault::None);
+    let r1 = rounds(&fx);
+    wait_until(
+        Duration::from_secs(30),
+        "20 rounds of 'does not exist'",
+        || rounds(&fx) >= r1 + 20,
+    );
+    let state = fx.app().monitor().states()[0].clone();
+    assert!(
+        matches!(
+            state.health,
+            failoverfs::monitor::Health::Unreachable {
+                kind: failoverfs::probe::TransientKind::NeverHealthy,
+                ..
+            }
+        ),
+        "{:?}",
+        state.health
+    );
+    assert!(
+        fx.app().audit().is_empty(),
+        "switched away from a volume never seen: {:?}",
+        fx.app().audit()
+    );
+    assert_eq!(which_volume(&fs::read(fx.path("both/a")).unwrap()), Some(0));
+}
