@@ -73,6 +73,12 @@ fn notify_systemd_ready() {
 /// How long an unmount waits for open files before aborting the connection.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
 
+/// A stop ends within `drain_timeout` plus this, whatever the volume does.
+const STOP_SLACK: Duration = Duration::from_secs(1);
+
+/// Kept from a stop's bound for what follows the unmount (the last log lines, the exit).
+const UNMOUNT_RESERVE: Duration = Duration::from_millis(300);
+
 /// Why the process could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -446,6 +452,7 @@ impl App {
         let controller =
             Controller::new(router.clone(), vfs.clone(), volumes, failover, Some(cache))
                 .with_reopening(opener, watches)
+                .with_calls(deadlines.clone())
                 .with_events(events.clone())
                 .with_state(state);
         let audit = controller.audit();
@@ -459,6 +466,7 @@ impl App {
             signals,
             signals_seen: 0,
             stop_requested: false,
+            stop_by: None,
             commands: command_rx,
             remounted: reopen_rx,
             ended,
@@ -889,6 +897,8 @@ struct Supervisor {
     signals: Signals,
     signals_seen: u32,
     stop_requested: bool,
+    /// When a stop must be done by (set when it starts).
+    stop_by: Option<Instant>,
     commands: mpsc::UnboundedReceiver<Command>,
     /// Volumes whose root was found remounted (from their probes).
     remounted: mpsc::UnboundedReceiver<usize>,
@@ -1149,11 +1159,16 @@ impl Supervisor {
     }
 
     /// Stop: close the gate, drain (unless forced; a signal meanwhile forces), fence, unmount.
+    /// Bounded by `drain_timeout` + 1 s whatever the volume does: the drain leaves a reserve,
+    /// and the unmount waits only for what is left.
     async fn stop(&mut self, force: bool) -> Exit {
+        self.stop_by = Some(Instant::now() + self.settings.drain_timeout + STOP_SLACK);
         let route = self.router.current();
         route.gate().close();
         if !force && route.fenced_errno().is_none() {
-            let drain = route.gate().wait_drained(self.settings.drain_timeout);
+            let drain = route
+                .gate()
+                .wait_drained(crate::failover::drain_budget(self.settings.drain_timeout));
             let drained = tokio::select! {
                 d = drain => d,
                 _ = self.signals.recv() => {
@@ -1189,7 +1204,14 @@ impl Supervisor {
         let grace = if force {
             Duration::from_millis(200)
         } else {
-            UNMOUNT_GRACE
+            // Half of what is left of the stop's bound for open files, half for the workers
+            // after an abort (see `Mounted::unmount`), keeping a reserve for the exit.
+            let left = self
+                .stop_by
+                .map(|by| by.saturating_duration_since(Instant::now()))
+                .unwrap_or(UNMOUNT_GRACE * 2 + UNMOUNT_RESERVE);
+            (left.saturating_sub(UNMOUNT_RESERVE) / 2)
+                .clamp(Duration::from_millis(200), UNMOUNT_GRACE)
         };
         let path = self.mount_path.clone();
         let res = tokio::task::spawn_blocking(move || mounted.unmount(grace)).await;

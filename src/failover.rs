@@ -11,6 +11,12 @@
 //!   `drain_timeout` minus a small reserve, so that waiting operations always get the new route
 //!   before their own wait runs out. Operations still running at the deadline finish on their
 //!   own; the switch does not wait for them (a hung volume cannot hold the mount hostage).
+//! - **A volume that is gone is not waited for.** When the old volume's deletion is confirmed
+//!   (not pending) or it was unavailable past `on_unavailable.after`, its calls can only fail:
+//!   the drain waits [`GONE_DRAIN`] only, and every call still running in it is answered with
+//!   `stale_errno` right after the swap ([`Calls::route_changed`]); what it returns later is
+//!   dropped, so nothing that ran on the old volume is acknowledged after the swap. A call stuck
+//!   there holds no name and no worker place of the new route.
 //! - **Target.** The first volume *after* the current one in table order whose state is healthy
 //!   (no automatic failback: a later deletion continues down the table). A manual switch may
 //!   name any other volume.
@@ -157,6 +163,9 @@ pub struct AuditEntry {
     pub still_running: u64,
     /// Whether every in-flight operation finished in time.
     pub drained: bool,
+    /// Operations still running in the old volume that were answered with `stale_errno` at the
+    /// swap (the old volume is gone: they could only fail).
+    pub abandoned: u64,
     /// Operations that waited for the new route.
     pub queued: u64,
     /// Idempotent operations retried on the new route.
@@ -223,6 +232,16 @@ impl Default for SwitchTotals {
 pub const SWITCH_REASONS: [&str; 4] = ["deleted", "unavailable", "remounted", "manual"];
 
 impl Trigger {
+    /// Whether the volume switched from is gone (its deletion confirmed, or unavailable for
+    /// longer than `on_unavailable.after`): its calls can only fail. A pending deletion keeps
+    /// its data until the deadline, a remount or a manual switch leaves a working volume.
+    pub fn old_volume_gone(&self) -> bool {
+        matches!(
+            self,
+            Trigger::Deleted { pending: false, .. } | Trigger::Unavailable { .. }
+        )
+    }
+
     /// Which of [`SWITCH_REASONS`] this is.
     pub fn reason_index(&self) -> usize {
         match self {
@@ -243,6 +262,19 @@ pub const AUDIT_KEPT: usize = 1000;
 /// Opens volume `index` of the table afresh (blocking). Given by the code that opened the table.
 pub type Opener = dyn Fn(usize) -> Result<Arc<Volume>, String> + Send + Sync;
 
+/// The calls running in the volumes, as the FUSE side sees them. Implemented by the deadline
+/// keeper ([`crate::fuse::deadline::Deadlines`]).
+pub trait Calls: Send + Sync + 'static {
+    /// A route of `generation` serves from now on: calls still running on older routes hold
+    /// nothing of it; with `errno`, they are answered with it now. Returns how many were.
+    fn route_changed(&self, generation: u64, errno: Option<i32>) -> u64;
+}
+
+/// How long a switch away from a volume that is gone (deletion confirmed, or unavailable past
+/// `on_unavailable.after`) waits for its in-flight calls: those that finish at once keep their
+/// answer; the rest can only fail, and are answered with `stale_errno` at the swap.
+pub const GONE_DRAIN: Duration = Duration::from_millis(200);
+
 /// The controller; see the module docs.
 pub struct Controller {
     router: Arc<Router>,
@@ -252,6 +284,7 @@ pub struct Controller {
     watches: Vec<Option<Arc<RootWatch>>>,
     settings: FailoverSettings,
     cache: Option<Arc<dyn KernelCache>>,
+    calls: Option<Arc<dyn Calls>>,
     audit: Arc<Mutex<Vec<AuditEntry>>>,
     totals: Arc<SwitchTotals>,
     events: Events,
@@ -269,7 +302,7 @@ pub fn millis(d: Duration) -> f64 {
 
 /// Time reserved after the drain for picking and publishing, so waiting operations (which wait
 /// at most `drain_timeout`) always see the new route.
-fn drain_budget(drain_timeout: Duration) -> Duration {
+pub fn drain_budget(drain_timeout: Duration) -> Duration {
     let reserve = (drain_timeout / 4).min(Duration::from_millis(500));
     drain_timeout.saturating_sub(reserve)
 }
@@ -298,6 +331,7 @@ impl Controller {
             watches: Vec::new(),
             settings,
             cache,
+            calls: None,
             audit: Arc::new(Mutex::new(Vec::new())),
             totals: Arc::new(SwitchTotals::default()),
             events: Events::none(),
@@ -308,6 +342,12 @@ impl Controller {
     /// Record every volume switched to in `state` (see [`crate::state`]).
     pub fn with_state(mut self, state: StateFile) -> Controller {
         self.state = state;
+        self
+    }
+
+    /// Tell `calls` at every swap which route serves (see [`Calls`]).
+    pub fn with_calls(mut self, calls: Arc<dyn Calls>) -> Controller {
+        self.calls = Some(calls);
         self
     }
 
@@ -414,6 +454,7 @@ impl Controller {
                 in_flight: 0,
                 still_running: 0,
                 drained: true,
+                abandoned: 0,
                 queued: 0,
                 retried: 0,
                 stale_handles: 0,
@@ -453,8 +494,16 @@ impl Controller {
                 "in_flight": in_flight,
             }),
         );
+        // A volume that is gone has nothing left to finish that matters: its calls can only
+        // fail, so they are not waited for (they are answered at the swap).
+        let gone = trigger.old_volume_gone();
+        let budget = if gone {
+            GONE_DRAIN.min(drain_budget(self.settings.drain_timeout))
+        } else {
+            drain_budget(self.settings.drain_timeout)
+        };
         let drained = tokio::select! {
-            d = old.gate().wait_drained(drain_budget(self.settings.drain_timeout)) => Some(d),
+            d = old.gate().wait_drained(budget) => Some(d),
             _ = &mut forced => None,
         };
         let drain = t0.elapsed();
@@ -468,6 +517,7 @@ impl Controller {
             in_flight,
             still_running,
             drained: drained == Some(true),
+            abandoned: 0,
             queued: 0,
             retried: 0,
             stale_handles: 0,
@@ -517,6 +567,10 @@ impl Controller {
         self.router
             .publish(Route::serving(generation, volume.clone()));
         entry.swap = t0.elapsed();
+        if let Some(calls) = &self.calls {
+            entry.abandoned =
+                calls.route_changed(generation, gone.then_some(self.settings.stale_errno.0));
+        }
         // From now on a restart serves the new volume (see `crate::state`); written while the
         // rest of the switch goes on.
         let saved = {
@@ -605,6 +659,9 @@ impl Controller {
         // Same volume: backend identities stay valid, and open handles keep their files.
         self.vfs.namespace().carry(generation);
         self.router.publish(Route::serving(generation, volume));
+        if let Some(calls) = &self.calls {
+            calls.route_changed(generation, None);
+        }
     }
 
     /// Drop what the kernel cached from the old volume: the attributes and pages of every known
@@ -671,6 +728,7 @@ impl Controller {
                 evidence = %e.evidence,
                 in_flight = e.in_flight,
                 still_running = e.still_running,
+                answered_at_swap = e.abandoned,
                 queued = e.queued,
                 retried = e.retried,
                 stale_handles = e.stale_handles,
@@ -917,12 +975,33 @@ mod tests {
             .switch(deleted(), &healthy(2), std::future::pending())
             .await;
         assert!(matches!(out, Outcome::Swapped { to: 1, .. }));
-        // The drain gave up at its deadline (virtual time), within the drain timeout.
-        assert!(t.elapsed() <= Duration::from_secs(2), "{:?}", t.elapsed());
+        // A confirmed deletion: the drain waited only GONE_DRAIN (virtual time) for a call that
+        // can only fail.
+        assert_eq!(t.elapsed(), GONE_DRAIN);
         let audit = s.controller.audit().lock().clone();
         assert!(!audit[0].drained);
         assert_eq!(audit[0].still_running, 1);
         // The hung operation finishes on its own once the volume answers.
+        s.faults[0].clear();
+        assert!(hung.join().unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_switch_from_a_volume_that_is_still_there_waits_for_its_calls() {
+        let mut s = setup(2, Duration::from_secs(2));
+        let hung = hang_a_lookup(&s).await;
+        let t = Instant::now();
+        let manual = Trigger::Manual {
+            target: None,
+            reason: "test".into(),
+        };
+        let out = s
+            .controller
+            .switch(manual, &healthy(2), std::future::pending())
+            .await;
+        assert!(matches!(out, Outcome::Swapped { to: 1, .. }));
+        // The whole drain budget, minus the reserve for the swap.
+        assert_eq!(t.elapsed(), drain_budget(Duration::from_secs(2)));
         s.faults[0].clear();
         assert!(hung.join().unwrap().is_ok());
     }
@@ -1006,7 +1085,11 @@ mod tests {
         let mut s = setup(2, Duration::from_secs(30));
         let hung = hang_a_lookup(&s).await;
         let forced = tokio::time::sleep(Duration::from_secs(1));
-        let out = s.controller.switch(deleted(), &healthy(2), forced).await;
+        let pending = Trigger::Deleted {
+            evidence: "test".into(),
+            pending: true,
+        };
+        let out = s.controller.switch(pending, &healthy(2), forced).await;
         assert_eq!(out, Outcome::Interrupted);
         s.faults[0].clear();
         let _ = hung.join();

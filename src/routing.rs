@@ -16,8 +16,10 @@
 //!   request timeout.
 //! - **Fenced.** A fenced route serves nothing: every operation fails at once with its errno.
 //! - The hot path allocates nothing and takes no lock: one atomic load, one atomic add and, when
-//!   the ticket drops, one atomic subtract. Locks exist only on the slow path (a closed gate).
+//!   the ticket drops, one atomic subtract, plus a relaxed store of the generation entered into
+//!   the worker's own mark ([`mark_thread`]). Locks exist only on the slow path (a closed gate).
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -70,6 +72,28 @@ impl std::fmt::Debug for Volume {
 }
 
 const CLOSED: u64 = 1 << 63;
+
+thread_local! {
+    /// Where this thread records the generation of the route its operation entered (see
+    /// [`mark_thread`]).
+    static MARK: RefCell<Option<Arc<AtomicU64>>> = const { RefCell::new(None) };
+}
+
+/// Record, from now on, the generation of every route this thread enters in `mark` (0 is left
+/// to the owner to reset between operations). The deadline keeper gives each FUSE worker one,
+/// so it can tell a call stuck in an old route's volume from one running on the current route.
+pub fn mark_thread(mark: Arc<AtomicU64>) {
+    MARK.with_borrow_mut(|m| *m = Some(mark));
+}
+
+#[inline]
+fn note_entered(generation: u64) {
+    MARK.with_borrow(|m| {
+        if let Some(m) = m {
+            m.store(generation, Ordering::Relaxed);
+        }
+    });
+}
 
 /// Admission to a route: an in-flight count and a closed bit in one word.
 #[derive(Debug, Default)]
@@ -300,6 +324,7 @@ impl Router {
     pub fn enter(&self) -> Result<Ticket> {
         let route = self.current.load();
         if route.gate.try_enter() {
+            note_entered(route.generation);
             return Ok(Ticket { route });
         }
         let generation = route.generation;
@@ -392,6 +417,7 @@ impl Router {
                 return Err(Error::unavailable(errno));
             }
             if route.generation > after && route.gate.try_enter() {
+                note_entered(route.generation);
                 return Ok(Ticket { route });
             }
             // This route is closing too (a switch right after a switch): wait for the next one.

@@ -139,8 +139,8 @@ fn fenced_mount_answers_every_operation_until_an_operator_unmounts() {
 }
 
 /// A primary whose reads hang (it lives on an in-process FUSE mount with a blocking fault),
-/// deleted through its CubeFS master while a read is stuck in it: the switch is then draining
-/// for as long as `drain_timeout` allows.
+/// marked for delayed deletion through its CubeFS master while a read is stuck in it: the switch
+/// is then draining for as long as `drain_timeout` allows.
 struct SwitchInProgress {
     m: BinMount,
     fx: Fixture,
@@ -183,7 +183,12 @@ impl SwitchInProgress {
             "the read hangs in the primary",
             || fx.faults[0].blocked() > 0,
         );
-        cluster.set("vol-a", VolState::Gone);
+        // A pending (delayed-mode) deletion: the volume still holds its data, so the switch
+        // waits for its calls (a confirmed one would cut the drain short).
+        cluster.set(
+            "vol-a",
+            VolState::PendingDelayed(cluster.now() + Duration::from_secs(3600)),
+        );
         wait_until(
             Duration::from_secs(10),
             "the switch starts draining",

@@ -249,3 +249,262 @@ fn a_failing_volume_is_named_in_the_warning_with_the_route_generation() {
         })
     });
 }
+
+/// Volume v0 watched through a fake CubeFS master (`vol-a`), v1 a plain standby; `f` on both,
+/// "v0" and "v1". `mount_extra` goes to `[mount]`.
+fn deletable_primary(c: &common::fake_master::FakeCluster, mount_extra: &str) -> Fixture {
+    let masters = format!("{:?}", c.addrs());
+    let layout = Layout::with_volumes(
+        2,
+        mount_extra,
+        &format!("{FAST_HEALTH}\n[failover]\ndrain_timeout = \"{DRAIN_S}s\"\n"),
+        |i| {
+            if i == 0 {
+                format!(
+                    "probe = {{ kind = \"cubefs\", masters = {masters}, volume = \"vol-a\", timeout = \"200ms\" }}"
+                )
+            } else {
+                String::new()
+            }
+        },
+    );
+    for (i, v) in layout.vols.iter().enumerate() {
+        fs::write(v.join("f"), format!("v{i}")).unwrap();
+        fs::write(v.join("g"), format!("v{i}")).unwrap();
+    }
+    let fx = Fixture::mount(layout);
+    wait_until(Duration::from_secs(10), "the primary seen healthy", || {
+        fx.app().monitor().state(0).unwrap().health.usable()
+    });
+    assert_eq!(fs::read(fx.path("f")).unwrap(), b"v0");
+    assert_eq!(fs::read(fx.path("g")).unwrap(), b"v0");
+    fx
+}
+
+const DRAIN_S: u64 = 5;
+
+/// Wait for `hung` (a read that was stuck in the old volume) to be answered, and check how: an
+/// open stuck there is answered `ESTALE`, looked up again by the kernel and reaches the standby
+/// (`standby` bytes); a read gets the `ESTALE`. How long it waited.
+fn answered_at_the_switch(
+    hung: std::thread::JoinHandle<(std::io::Result<Vec<u8>>, Duration)>,
+    standby: &[u8],
+) -> Duration {
+    wait_until(Duration::from_secs(10), "the hung read answered", || {
+        hung.is_finished()
+    });
+    let (r, took) = hung.join().unwrap();
+    match r {
+        Ok(data) => assert_eq!(data, standby, "after {took:?}"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "after {took:?}"),
+    }
+    took
+}
+
+/// Stop the fixture's daemon; how long it took. A thread releases the volume's blocked calls
+/// after `DRAIN_S + 4` s, so a stop that waits for them ends (and fails the caller's bound)
+/// instead of hanging the suite.
+fn timed_stop(mut fx: Fixture) -> Duration {
+    let faults = fx.faults[0].clone();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d2 = done.clone();
+    let rescue = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(DRAIN_S + 4);
+        while Instant::now() < until && !d2.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::park_timeout(Duration::from_millis(50));
+        }
+        faults.clear();
+    });
+    let t0 = Instant::now();
+    fx.app.take().unwrap().shutdown();
+    let took = t0.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    rescue.thread().unpark();
+    rescue.join().unwrap();
+    drop(fx);
+    took
+}
+
+#[test]
+fn a_call_hung_in_a_deleted_volume_is_answered_at_the_switch_and_does_not_hold_it() {
+    let c = common::fake_master::FakeCluster::start(1);
+    c.create("vol-a");
+    let fx = deletable_primary(&c, "");
+    fx.faults[0].add("f", Fault::Block);
+    let hung = timed({
+        let path = fx.path("f");
+        move || fs::read(path)
+    });
+    wait_until(Duration::from_secs(10), "the read to hang in v0", || {
+        fx.faults[0].blocked() >= 1
+    });
+    c.set("vol-a", common::fake_master::VolState::Gone);
+    wait_until(Duration::from_secs(20), "the switch", || {
+        fx.app()
+            .audit()
+            .iter()
+            .any(|a| a.to.as_deref() == Some("v1"))
+    });
+    let a = fx.app().audit()[0].clone();
+    eprintln!(
+        "drain {:?}, swap {:?}, still running {}",
+        a.drain, a.swap, a.still_running
+    );
+    // The drain did not wait for a call that can only fail: cut well before its budget.
+    assert!(a.drain < Duration::from_secs(DRAIN_S / 2), "{a:?}");
+    assert_eq!(a.still_running, 1, "{a:?}");
+    // The hung caller is answered at the switch with stale_errno, not at op_timeout (30 s).
+    let took = answered_at_the_switch(hung, b"v1");
+    eprintln!("the hung call was answered after {took:?}");
+    // The same name answers from the standby, while the old call still hangs in v0.
+    assert_eq!(fx.faults[0].blocked(), 1);
+    assert_eq!(fs::read(fx.path("f")).unwrap(), b"v1");
+    assert_eq!(fs::read(fx.path("g")).unwrap(), b"v1");
+    let took = timed_stop(fx);
+    assert!(
+        took < Duration::from_secs(DRAIN_S + 1),
+        "the stop took {took:?} with a call hung in the old volume"
+    );
+}
+
+#[test]
+fn a_name_overrunning_in_the_old_volume_is_served_by_the_standby() {
+    let c = common::fake_master::FakeCluster::start(1);
+    c.create("vol-a");
+    let fx = deletable_primary(&c, "op_timeout = \"500ms\"\n");
+    fx.faults[0].add("f", Fault::Block);
+    // Both calls on the hung file end in an error: the first at op_timeout, the second at once
+    // (refused: a call on that file hangs).
+    let (r, _) = timed({
+        let path = fx.path("f");
+        move || fs::read(path)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(errno_of(r), Some(libc::ETIMEDOUT));
+    assert_eq!(errno_of(fs::read(fx.path("f"))), Some(libc::ETIMEDOUT));
+    c.set("vol-a", common::fake_master::VolState::Gone);
+    wait_until(Duration::from_secs(20), "the switch", || {
+        fx.app()
+            .audit()
+            .iter()
+            .any(|a| a.to.as_deref() == Some("v1"))
+    });
+    // The call still hangs in v0; on v1 the name is free.
+    assert_eq!(fx.faults[0].blocked(), 1);
+    for _ in 0..20 {
+        assert_eq!(fs::read(fx.path("f")).unwrap(), b"v1");
+    }
+    let took = timed_stop(fx);
+    assert!(took < Duration::from_secs(DRAIN_S + 1), "{took:?}");
+}
+
+/// SIGTERM `m` and measure until the daemon is done: exited, or its main thread ended while a
+/// worker still waits in the kernel for a FUSE request the stopped client under the volume had
+/// already taken (an uninterruptible wait nothing in user space can end; the process entry goes
+/// when that client answers or dies). Then let `inner` go on and collect the exit code.
+fn stop_measured(m: &mut BinMount, inner: &BinMount) -> (Duration, Option<i32>) {
+    let t0 = Instant::now();
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = format!("/proc/{}/status", m.pid());
+    wait_until(Duration::from_secs(30), "the daemon to finish", || {
+        fs::read_to_string(&status).map_or(true, |s| {
+            s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+    });
+    let stop = t0.elapsed();
+    inner.signal(nix::sys::signal::Signal::SIGCONT);
+    (stop, m.wait(Duration::from_secs(20)))
+}
+
+/// A failoverfs daemon over a killable FUSE client holding `g` = "data" (volume v0) and, with
+/// `n` = 2, a standby holding `g` = "standby".
+fn daemon_over_a_client(n: usize, tail: &str) -> (BinMount, BinMount) {
+    let inner = killable_fuse_volume();
+    fs::write(inner.layout.vols[0].join("g"), b"data").unwrap();
+    let layout = Layout::over_mount(&inner.mnt, n, "", tail);
+    if n > 1 {
+        fs::write(layout.vols[1].join("g"), b"standby").unwrap();
+    }
+    let outer = BinMount::start(layout, &[]);
+    assert_eq!(fs::read(outer.mnt.join("f")).unwrap(), b"data");
+    (inner, outer)
+}
+
+/// Stop the client (SIGSTOP) and start a read of `g` through the daemon, which hangs in it.
+fn stop_client_under_a_read(
+    inner: &BinMount,
+    outer: &BinMount,
+) -> std::thread::JoinHandle<(std::io::Result<Vec<u8>>, Duration)> {
+    inner.signal(nix::sys::signal::Signal::SIGSTOP);
+    let path = outer.mnt.join("g");
+    timed(move || fs::read(path))
+}
+
+/// The daemon's `/status`, through `failoverfs status --json`.
+fn status(m: &BinMount) -> Option<serde_json::Value> {
+    let out = bin()
+        .args(["status", "--json", "--config"])
+        .arg(&m.layout.config)
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+#[test]
+fn a_stopped_client_under_a_volume_fails_over_and_neither_holds_a_name_nor_the_stop() {
+    let tail = format!(
+        "{}drain_timeout = \"{DRAIN_S}s\"\n",
+        on_unavailable("1s", "failover")
+    );
+    let (inner, mut outer) = daemon_over_a_client(2, &tail);
+    // The standby is judged healthy before the client under the primary stops.
+    wait_until(Duration::from_secs(20), "the standby healthy", || {
+        status(&outer).is_some_and(|v| v["volumes"][1]["state"] == "healthy")
+    });
+    // A call into the stopped client hangs (nothing answers it until the switch).
+    let hung = stop_client_under_a_read(&inner, &outer);
+    wait_until(Duration::from_secs(30), "the switch", || {
+        outer.stderr().contains("switched volumes")
+    });
+    let took = answered_at_the_switch(hung, b"standby");
+    for _ in 0..20 {
+        assert_eq!(fs::read(outer.mnt.join("g")).unwrap(), b"standby");
+    }
+    let (stop, code) = stop_measured(&mut outer, &inner);
+    eprintln!("hung read answered after {took:?}; stop took {stop:?}");
+    assert_eq!(code, Some(0), "{}", outer.stderr());
+    assert!(
+        stop < Duration::from_secs(DRAIN_S + 1),
+        "the stop took {stop:?} with a call stuck in the stopped client"
+    );
+}
+
+#[test]
+fn a_stop_with_a_call_stuck_in_the_serving_volume_ends_within_the_drain_timeout() {
+    let tail = format!("{FAST_HEALTH}\n[failover]\ndrain_timeout = \"2s\"\n");
+    let (inner, mut outer) = daemon_over_a_client(1, &tail);
+    let hung = stop_client_under_a_read(&inner, &outer);
+    // The call is in the volume: the daemon's drain would wait for it.
+    wait_until(
+        Duration::from_secs(10),
+        "the call to reach the volume",
+        || {
+            status(&outer)
+                .is_some_and(|v| v["counters"]["in_flight"].as_u64().is_some_and(|n| n >= 1))
+        },
+    );
+    let (stop, code) = stop_measured(&mut outer, &inner);
+    eprintln!("stop took {stop:?}");
+    assert_eq!(code, Some(0), "{}", outer.stderr());
+    assert!(
+        stop < Duration::from_secs(3),
+        "the stop took {stop:?} (drain_timeout 2 s)"
+    );
+    // The application is answered, not left hanging on the mount that went away.
+    wait_until(Duration::from_secs(10), "the stuck read answered", || {
+        hung.is_finished()
+    });
+    assert!(hung.join().unwrap().0.is_err());
+}

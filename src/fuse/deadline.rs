@@ -23,6 +23,16 @@
 //!   anything overrunning?), and three uncontended atomic adds to the worker's own tally of
 //!   operations and latencies (for the metrics); nothing is allocated once a worker has its slot.
 //! - Every overrun raises the alarm (`on_overrun`), so the volume is probed at once.
+//! - **A stuck call belongs to its route.** Each worker records the generation of the route its
+//!   operation entered ([`crate::routing::mark_thread`]). "A call on this name hangs" refuses
+//!   new operations only on the route now serving: after a switch, a call stuck in the old
+//!   volume never refuses the same name on the standby, and the places in the volume of calls
+//!   left behind are given back ([`Deadlines::route_changed`], called by the switch controller).
+//! - **Not everything can be ended.** A worker whose call was taken by a hung FUSE client under
+//!   the volume waits in the kernel, uninterruptibly, until that client answers or dies; its
+//!   request is answered by us and the rest of the process goes on (and ends: the mount is
+//!   unmounted and the last line logged), but the process entry stays until that worker
+//!   returns. Nothing in user space can end such a wait.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -187,6 +197,9 @@ pub struct OpSummary {
 pub(crate) struct Slot {
     /// What runs, and its reply while nobody answered it yet.
     parked: Mutex<Running>,
+    /// The generation of the route the operation entered (0: none yet), written by the router
+    /// ([`crate::routing::mark_thread`]).
+    route: Arc<AtomicU64>,
     stats: OpStats,
 }
 
@@ -201,6 +214,9 @@ struct Running {
     reply: Option<Parked>,
     /// The watchdog answered it: the worker is stuck in the volume.
     overran: bool,
+    /// Its place in the volume was given back when its route was left (see
+    /// [`Deadlines::route_changed`]): the worker must not give it back again.
+    released: bool,
 }
 
 /// The deadline keeper of one mount; see the module docs.
@@ -218,6 +234,8 @@ pub struct Deadlines {
     slots: Mutex<Vec<Arc<Slot>>>,
     /// Slots marked overran (a hint for the hot path; the slots say exactly).
     overrunning: AtomicU64,
+    /// The generation of the route now serving: calls on older routes hold nothing of it.
+    floor: AtomicU64,
     timeouts: AtomicU64,
     refused: AtomicU64,
     on_overrun: Box<dyn Fn() + Send + Sync>,
@@ -249,6 +267,7 @@ impl Deadlines {
             epoch: Instant::now(),
             slots: Mutex::new(Vec::new()),
             overrunning: AtomicU64::new(0),
+            floor: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             on_overrun,
@@ -352,8 +371,10 @@ impl Deadlines {
                 _ => {
                     let slot = Arc::new(Slot {
                         parked: Mutex::new(Running::default()),
+                        route: Arc::new(AtomicU64::new(0)),
                         stats: OpStats::new(),
                     });
+                    crate::routing::mark_thread(slot.route.clone());
                     self.slots.lock().push(slot.clone());
                     *mine = Some((owner, slot.clone()));
                     slot
@@ -361,6 +382,7 @@ impl Deadlines {
             };
             {
                 let mut r = slot.parked.lock();
+                slot.route.store(0, Ordering::Relaxed);
                 r.began = began;
                 r.op = op;
                 r.ino = ino;
@@ -369,15 +391,15 @@ impl Deadlines {
             }
             let watch = Watch { slot: &slot };
             let result = run(&watch);
-            let parked = {
+            let (parked, released) = {
                 let mut r = slot.parked.lock();
                 r.began = 0;
                 if std::mem::take(&mut r.overran) {
                     self.overrunning.fetch_sub(1, Ordering::Relaxed);
                 }
-                r.reply.take()
+                (r.reply.take(), std::mem::take(&mut r.released))
             };
-            self.leave();
+            self.leave(!released);
             let outcome = match parked.and_then(R::unpark) {
                 Some(reply) => usize::from(!answer(reply, result)),
                 None => {
@@ -406,10 +428,13 @@ impl Deadlines {
             .is_ok()
     }
 
-    /// An operation left the volume: make room for a waiting one.
+    /// An operation left the volume (`held`: its place was still counted): make room for a
+    /// waiting one.
     #[inline]
-    fn leave(&self) {
-        self.running.fetch_sub(1, Ordering::Release);
+    fn leave(&self, held: bool) {
+        if held {
+            self.running.fetch_sub(1, Ordering::Release);
+        }
         if self.waiting.load(Ordering::Relaxed) != 0 {
             let _g = self.room.0.lock();
             self.room.1.notify_one();
@@ -440,13 +465,55 @@ impl Deadlines {
         ok
     }
 
-    /// Whether an operation about `key` is overrunning (cold: something overran).
+    /// Whether an operation about `key` is overrunning on the route now serving (cold:
+    /// something overran). A call stuck in a volume that was left holds nothing of the next one.
     #[cold]
     fn hangs(&self, key: u64) -> bool {
+        let floor = self.floor.load(Ordering::Acquire);
         self.slots.lock().iter().any(|s| {
             let r = s.parked.lock();
-            r.overran && r.began != 0 && r.key == key
+            let route = s.route.load(Ordering::Relaxed);
+            r.overran && r.began != 0 && r.key == key && route != 0 && route >= floor
         })
+    }
+
+    /// A route of `generation` serves from now on. Calls still running on older routes hold
+    /// nothing of it: names they overran on are not refused, and the places in the volume of
+    /// those that overran (or are answered now) are given back. With `errno` (the old volume is
+    /// gone: its calls can only fail), every call still running on an older route is answered
+    /// with it now rather than at `op_timeout`; its result, when it comes, is dropped. Returns
+    /// how many were answered. Called by the switch controller right after it publishes.
+    pub fn route_changed(&self, generation: u64, errno: Option<i32>) -> u64 {
+        self.floor.fetch_max(generation, Ordering::AcqRel);
+        let slots: Vec<Arc<Slot>> = self.slots.lock().clone();
+        let mut answered = 0;
+        for s in slots {
+            let mut r = s.parked.lock();
+            let route = s.route.load(Ordering::Relaxed);
+            if r.began == 0 || route == 0 || route >= generation {
+                continue;
+            }
+            let reply = match errno {
+                Some(_) if !r.overran => {
+                    r.overran = true;
+                    self.overrunning.fetch_add(1, Ordering::Relaxed);
+                    r.reply.take()
+                }
+                _ => None,
+            };
+            if r.overran && !r.released {
+                r.released = true;
+                self.leave(true);
+            }
+            let op = r.op;
+            drop(r);
+            if let (Some(reply), Some(errno)) = (reply, errno) {
+                answered += 1;
+                reply.fail(Errno::from_i32(errno));
+                tracing::debug!(op, route, "call in a left volume answered at the switch");
+            }
+        }
+        answered
     }
 
     /// Answer every operation past its deadline (the watchdog's round).
@@ -518,5 +585,11 @@ impl Watch<'_> {
     pub(crate) fn with_reply<R: Park, X>(&self, f: impl FnOnce(&mut R) -> X) -> Option<X> {
         let mut r = self.slot.parked.lock();
         r.reply.as_mut().and_then(R::borrow).map(f)
+    }
+}
+
+impl crate::failover::Calls for Deadlines {
+    fn route_changed(&self, generation: u64, errno: Option<i32>) -> u64 {
+        Deadlines::route_changed(self, generation, errno)
     }
 }

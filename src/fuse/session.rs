@@ -131,7 +131,9 @@ impl Mounted {
     }
 
     /// Unmount (lazily if busy) and stop the workers, waiting at most `grace` for open files to
-    /// let go of the connection before aborting it.
+    /// let go of the connection before aborting it, and `grace` (at most 2 s) more for the
+    /// workers after the abort. A worker stuck in a volume call never ends: the process exits
+    /// without it (see [`super::deadline`]).
     pub fn unmount(mut self, grace: Duration) -> io::Result<Unmounted> {
         self.unmount_inner(grace)
     }
@@ -165,7 +167,7 @@ impl Mounted {
                 "files still open after the unmount: aborting the FUSE connection"
             );
             self.abort_connection();
-            wait_finished(&session, Duration::from_secs(2));
+            wait_finished(&session, grace.min(Duration::from_secs(2)));
         }
         if session.guard.is_finished() {
             // Drops the auto_unmount helper's socket and joins the session thread.
