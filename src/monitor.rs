@@ -22,6 +22,12 @@
 //! sooner than `confirm_interval` after the previous one began: a failing application cannot
 //! turn the probes into a flood.
 //!
+//! **Available is not the same as existing.** Existence is the call of the most authoritative
+//! probe (a master); availability on this node is also the volume root's: a round the master
+//! answers healthy while the volume's own root fails (`ENOTCONN`, `EIO`) or hangs is transient,
+//! so a dead or hung client under a volume that exists makes it unreachable (readiness, the
+//! `on_unavailable` policy), never deleted.
+//!
 //! **Logging.** Each change of state is logged once, with the volume, the old and new state, the
 //! evidence and the count: not a line per probe.
 
@@ -429,6 +435,26 @@ pub async fn probe_round(
             .map(|(_, _, a, v)| (*a, v.clone()))
             .collect::<Vec<_>>(),
     );
+    // Existence is the most authoritative probe's call, availability is not: a volume whose
+    // own root fails or hangs on this node (a dead or hung client) is unavailable here even
+    // while its master says it exists.
+    let combined = match combined {
+        Verdict::Healthy { .. } => answers
+            .iter()
+            .find(|(_, kind, _, v)| {
+                *kind == "dir"
+                    && matches!(
+                        v,
+                        Verdict::Transient {
+                            kind: TransientKind::Io | TransientKind::Timeout,
+                            ..
+                        }
+                    )
+            })
+            .map(|(_, _, _, v)| v.clone())
+            .unwrap_or(combined),
+        other => other,
+    };
     let vouched = answers
         .iter()
         .any(|(_, _, a, v)| Some(*a) == top && matches!(v, Verdict::Healthy { .. }));

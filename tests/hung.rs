@@ -168,16 +168,7 @@ fn a_dead_fuse_filesystem_under_a_volume_answers_errors_and_is_reported() {
         "{errno:?} after {took:?}"
     );
     // The monitor sees the volume unreachable (logged once, shown by `check` and the state).
-    wait_until(
-        Duration::from_secs(10),
-        "the volume reported unreachable",
-        || {
-            matches!(
-                fx.app().monitor().states()[0].health,
-                failoverfs::monitor::Health::Unreachable { .. }
-            )
-        },
-    );
+    wait_unreachable(&fx);
     assert!(fx.app().vfs().alarms_total() >= 1);
     // The mount itself stays responsive: it answers (the root is on the dead volume, so with an
     // error), it does not hang.
@@ -194,6 +185,31 @@ fn a_dead_fuse_filesystem_under_a_volume_answers_errors_and_is_reported() {
     assert!(!is_mounted(&inner_mnt));
 }
 
+/// Wait for a switch to v1 for unavailability; `f` then reads the standby's bytes.
+fn switched_for_unavailability(fx: &Fixture) {
+    wait_until(Duration::from_secs(30), "the switch", || {
+        !fx.app().audit().is_empty()
+    });
+    let a = &fx.app().audit()[0];
+    assert!(a.reason.contains("unavailable"), "{a:?}");
+    assert_eq!(a.to.as_deref(), Some("v1"), "{a:?}");
+    assert_eq!(fs::read(fx.path("f")).unwrap(), b"standby");
+}
+
+/// Wait until the monitor reports the primary unreachable.
+fn wait_unreachable(fx: &Fixture) {
+    wait_until(
+        Duration::from_secs(10),
+        "the volume reported unreachable",
+        || {
+            matches!(
+                fx.app().monitor().states()[0].health,
+                failoverfs::monitor::Health::Unreachable { .. }
+            )
+        },
+    );
+}
+
 fn on_unavailable(after: &str, action: &str) -> String {
     format!(
         "{FAST_HEALTH}\n[failover]\non_unavailable = {{ after = \"{after}\", action = \"{action}\" }}\n"
@@ -205,13 +221,7 @@ fn on_unavailable_failover_switches_after_a_long_outage() {
     let mut inner = killable_fuse_volume();
     let fx = over(&inner, true, "", &on_unavailable("1s", "failover"));
     kill(&mut inner);
-    wait_until(Duration::from_secs(30), "the switch", || {
-        !fx.app().audit().is_empty()
-    });
-    let a = &fx.app().audit()[0];
-    assert!(a.reason.contains("unavailable"), "{a:?}");
-    assert_eq!(a.to.as_deref(), Some("v1"), "{a:?}");
-    assert_eq!(fs::read(fx.path("f")).unwrap(), b"standby");
+    switched_for_unavailability(&fx);
 }
 
 #[test]
@@ -507,4 +517,61 @@ fn a_stop_with_a_call_stuck_in_the_serving_volume_ends_within_the_drain_timeout(
         hung.is_finished()
     });
     assert!(hung.join().unwrap().0.is_err());
+}
+
+/// A daemon (in process) over a killable FUSE client (v0, `f` = "data") watched through a fake
+/// CubeFS master that keeps saying the volume exists, and a standby (v1, `f` = "standby").
+fn dead_client_under_a_healthy_master(
+    c: &common::fake_master::FakeCluster,
+    tail: &str,
+) -> (BinMount, Fixture) {
+    let mut inner = killable_fuse_volume();
+    let masters = format!("{:?}", c.addrs());
+    let layout = Layout::with_volumes(2, "", tail, |i| {
+        if i == 0 {
+            format!(
+                "probe = {{ kind = \"cubefs\", masters = {masters}, volume = \"vol-a\", timeout = \"200ms\" }}"
+            )
+        } else {
+            String::new()
+        }
+    })
+    .primary_at(&inner.mnt.clone());
+    fs::write(layout.vols[1].join("f"), b"standby").unwrap();
+    let fx = Fixture::mount(layout);
+    wait_until(Duration::from_secs(10), "the primary seen healthy", || {
+        fx.app().monitor().state(0).unwrap().health.usable()
+    });
+    assert_eq!(fs::read(fx.path("f")).unwrap(), b"data");
+    kill(&mut inner);
+    (inner, fx)
+}
+
+#[test]
+fn a_dead_client_under_a_volume_its_master_calls_healthy_is_unavailable() {
+    let c = common::fake_master::FakeCluster::start(1);
+    c.create("vol-a");
+    let (_inner, fx) = dead_client_under_a_healthy_master(&c, &on_unavailable("1h", "wait"));
+    wait_unreachable(&fx);
+    // Not ready once the grace is over (30 s): an orchestrator can move the work elsewhere.
+    let address = failoverfs::config::AdminAddress::Unix(fx.layout.dir.path().join("admin.sock"));
+    wait_until(Duration::from_secs(60), "/readyz 503", || {
+        runtime()
+            .block_on(failoverfs::admin::request(&address, "GET", "/readyz", None))
+            .is_ok_and(|(code, _)| code == 503)
+    });
+    // `wait`: never a switch, and never a deletion.
+    assert!(fx.app().audit().is_empty(), "{:?}", fx.app().audit());
+    assert_eq!(
+        fs::read(fx.path("f")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTCONN)
+    );
+}
+
+#[test]
+fn a_dead_client_under_a_volume_its_master_calls_healthy_fails_over_when_asked_to() {
+    let c = common::fake_master::FakeCluster::start(1);
+    c.create("vol-a");
+    let (_inner, fx) = dead_client_under_a_healthy_master(&c, &on_unavailable("1s", "failover"));
+    switched_for_unavailability(&fx);
 }

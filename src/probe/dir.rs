@@ -91,8 +91,10 @@ impl RootWatch {
 /// How the configured path relates to the served root.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RootCheck {
-    /// Nothing to compare (no served root, or the path cannot be read: the other checks say why).
+    /// Nothing to compare (no served root).
     Unknown,
+    /// The path cannot be read (a dead or failing client under it: `ENOTCONN`, `EIO`; or gone).
+    Unreadable(String),
     /// The path is the served root.
     Same,
     /// The path holds the same volume through another directory or mount: re-open it.
@@ -107,8 +109,9 @@ pub fn compare_root(path: &Path, served: Option<RootMark>, marker: Option<&Path>
     let Some(served) = served else {
         return RootCheck::Unknown;
     };
-    let Ok(now) = mark_of(path) else {
-        return RootCheck::Unknown;
+    let now = match mark_of(path) {
+        Ok(now) => now,
+        Err(e) => return RootCheck::Unreadable(e.to_string()),
     };
     if now == served {
         return RootCheck::Same;
@@ -209,6 +212,19 @@ impl DirProbe {
                 } else {
                     inspect(&self.path, self.marker.as_deref(), self.require_mountpoint)
                 }
+            }
+            // The master (or the bucket) knows the volume; this node reaches it through the
+            // client mounted here, and a dead or failing client makes the volume unavailable
+            // here whatever the master says. Never deletion evidence.
+            RootCheck::Unreadable(e) if self.root_only => Verdict::transient(
+                TransientKind::Io,
+                format!(
+                    "{}: {e} (the volume's client on this node does not answer)",
+                    self.path.display()
+                ),
+            ),
+            RootCheck::Unreadable(_) => {
+                inspect(&self.path, self.marker.as_deref(), self.require_mountpoint)
             }
             RootCheck::Same | RootCheck::Unknown if self.root_only => Verdict::healthy(),
             RootCheck::Same | RootCheck::Unknown => {

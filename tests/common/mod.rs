@@ -71,15 +71,19 @@ impl Layout {
     /// Like [`Layout::new`], with volume 0 served from `mount` (a FUSE mount standing in for
     /// cfs-client) instead of its own directory.
     pub fn over_mount(mount: &Path, n: usize, mount_extra: &str, tail: &str) -> Layout {
-        let mut layout = Layout::new(n, mount_extra, tail);
-        let config = std::fs::read_to_string(&layout.config).expect("read config");
+        Layout::new(n, mount_extra, tail).primary_at(mount)
+    }
+
+    /// This layout with volume 0 served from `mount` instead of its own directory.
+    pub fn primary_at(mut self, mount: &Path) -> Layout {
+        let config = std::fs::read_to_string(&self.config).expect("read config");
         let config = config.replace(
-            &format!("\"{}\"", layout.vols[0].display()),
+            &format!("\"{}\"", self.vols[0].display()),
             &format!("\"{}\"", mount.display()),
         );
-        std::fs::write(&layout.config, config).expect("write config");
-        layout.vols[0] = mount.to_path_buf();
-        layout
+        std::fs::write(&self.config, config).expect("write config");
+        self.vols[0] = mount.to_path_buf();
+        self
     }
 
     /// Like [`Layout::new`], with `volume_extra(i)` added to volume `i`'s table.
