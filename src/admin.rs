@@ -312,6 +312,21 @@ pub struct VolumeStatus {
     pub rounds: u64,
     /// Probe rounds that did not answer healthy.
     pub probe_failures: u64,
+    /// Each probe's own answers.
+    pub probes: Vec<ProbeStatus>,
+}
+
+/// One probe of a volume in `/status`.
+#[derive(Serialize)]
+pub struct ProbeStatus {
+    /// `cubefs`, `s3`, `http`, `dir` (with `#N` when a volume has several of a kind).
+    pub probe: String,
+    /// Whether its last answer was healthy.
+    pub healthy: bool,
+    /// Its last answer.
+    pub last_answer: Option<String>,
+    /// Its answers that were not healthy.
+    pub failures: u64,
 }
 
 /// Counters in `/status`, in the spirit of `nfsstat -m`.
@@ -413,6 +428,16 @@ impl AdminState {
                 },
                 rounds: s.rounds,
                 probe_failures: s.failures,
+                probes: s
+                    .probes
+                    .iter()
+                    .map(|p| ProbeStatus {
+                        probe: p.name.clone(),
+                        healthy: matches!(p.last, Some(crate::probe::Verdict::Healthy { .. })),
+                        last_answer: p.last.as_ref().map(|v| v.to_string()),
+                        failures: p.failures,
+                    })
+                    .collect(),
                 name: s.name,
             })
             .collect();
@@ -420,7 +445,7 @@ impl AdminState {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         let counters = Counters {
             // Every swap but a re-opening of the same volume after a remount.
-            failovers: load(&t.by_reason[0]) + load(&t.by_reason[1]) + load(&t.by_reason[3]),
+            failovers: t.failovers(),
             drained_operations: load(&t.drained),
             stale_handles: load(&t.stale_handles),
             writes_left: load(&t.writes_left),
@@ -689,6 +714,19 @@ pub fn status_table(v: &serde_json::Value) -> String {
             s(&vol["last_probe_ms"]),
             s(&vol["last_answer"])
         );
+        // A probe that fails under a combined answer that does not show it (a master down
+        // while the directory answers: deletion detection is blind).
+        for p in vol["probes"].as_array().into_iter().flatten() {
+            if p["healthy"] == false {
+                let _ = writeln!(
+                    out,
+                    "  {:<14} probe failing ({} answers not healthy): {}",
+                    s(&p["probe"]),
+                    s(&p["failures"]),
+                    s(&p["last_answer"])
+                );
+            }
+        }
     }
     let _ = writeln!(out, "\nCOUNTERS");
     if let Some(c) = v["counters"].as_object() {

@@ -201,8 +201,8 @@ pub struct AuditEntry {
 /// only ever grow: what `/status` and `/metrics` count.
 #[derive(Debug)]
 pub struct SwitchTotals {
-    /// Switches that swapped the route, by reason: deleted, unavailable, remounted, manual.
-    pub by_reason: [AtomicU64; 4],
+    /// Switches that swapped the route, by reason ([`SWITCH_REASONS`]).
+    pub by_reason: [AtomicU64; SWITCH_REASONS.len()],
     /// Operations in the old volume when a switch closed it.
     pub drained: AtomicU64,
     /// Open handles with no file on the new volume.
@@ -229,7 +229,25 @@ impl Default for SwitchTotals {
 }
 
 /// The reasons of [`SwitchTotals::by_reason`], in order.
-pub const SWITCH_REASONS: [&str; 4] = ["deleted", "unavailable", "remounted", "manual"];
+pub const SWITCH_REASONS: [&str; 5] = [
+    "deleted",
+    "unavailable",
+    "remounted",
+    "manual",
+    "pending-delete",
+];
+
+impl SwitchTotals {
+    /// Switches to another volume (every reason but a remount, which serves the same volume).
+    pub fn failovers(&self) -> u64 {
+        SWITCH_REASONS
+            .iter()
+            .zip(&self.by_reason)
+            .filter(|(r, _)| **r != "remounted")
+            .map(|(_, n)| n.load(Ordering::Relaxed))
+            .sum()
+    }
+}
 
 impl Trigger {
     /// Whether the volume switched from is gone (its deletion confirmed, or unavailable for
@@ -245,7 +263,8 @@ impl Trigger {
     /// Which of [`SWITCH_REASONS`] this is.
     pub fn reason_index(&self) -> usize {
         match self {
-            Trigger::Deleted { .. } => 0,
+            Trigger::Deleted { pending: false, .. } => 0,
+            Trigger::Deleted { pending: true, .. } => 4,
             Trigger::Unavailable { .. } => 1,
             Trigger::Remounted { .. } => 2,
             Trigger::Manual { .. } => 3,
@@ -571,6 +590,17 @@ impl Controller {
             entry.abandoned =
                 calls.route_changed(generation, gone.then_some(self.settings.stale_errno.0));
         }
+        // Said at once: the summary line ("switched volumes") comes once the old volume's files
+        // are let go and the caches invalidated, which a dead volume can make take a while.
+        tracing::info!(
+            generation,
+            from = %old.volume().name,
+            to = %volume.name,
+            drain_ms = millis(entry.drain),
+            swap_ms = millis(entry.swap),
+            answered_at_swap = entry.abandoned,
+            "now serving the new volume"
+        );
         // From now on a restart serves the new volume (see `crate::state`); written while the
         // rest of the switch goes on.
         let saved = {

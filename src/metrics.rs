@@ -33,6 +33,10 @@ pub const USABLE_STANDBYS: &str = "failoverfs_usable_standbys";
 pub const PROBE_ROUNDS: &str = "failoverfs_probe_rounds";
 /// Probe rounds that did not answer healthy, by volume.
 pub const PROBE_FAILURES: &str = "failoverfs_probe_failures";
+/// Answers of one probe that were not healthy, by volume and probe.
+pub const PROBE_ANSWER_FAILURES: &str = "failoverfs_probe_answer_failures";
+/// Whether one probe's last answer was healthy, by volume and probe.
+pub const PROBE_ANSWER_HEALTHY: &str = "failoverfs_probe_answer_healthy";
 /// Duration of the last probe round, by volume.
 pub const PROBE_LATENCY: &str = "failoverfs_probe_last_duration_seconds";
 /// Drain durations of the switches.
@@ -189,6 +193,28 @@ pub fn render(st: &AdminState) -> Result<String, std::fmt::Error> {
         failures,
     );
     reg.register(PROBE_LATENCY, "Duration of the last probe round", latency);
+    let answer_failures = Family::<Labels, Counter>::default();
+    let answer_healthy = Family::<Labels, Gauge>::default();
+    for s in &states {
+        for p in &s.probes {
+            let l = with(&[("volume", &s.name), ("probe", &p.name)]);
+            answer_failures.get_or_create(&l).inc_by(p.failures);
+            answer_healthy.get_or_create(&l).set(i64::from(matches!(
+                p.last,
+                Some(crate::probe::Verdict::Healthy { .. })
+            )));
+        }
+    }
+    reg.register(
+        PROBE_ANSWER_FAILURES,
+        "Answers of each probe that were not healthy, by volume and probe",
+        answer_failures,
+    );
+    reg.register(
+        PROBE_ANSWER_HEALTHY,
+        "Whether each probe's last answer was healthy (1) or not (0), by volume and probe",
+        answer_healthy,
+    );
 
     let active_info = Family::<Labels, Gauge>::default();
     for s in &states {

@@ -88,7 +88,7 @@ impl Health {
             Health::Unknown => "unknown",
             Health::Healthy { .. } => "healthy",
             Health::Unreachable { .. } => "unreachable",
-            Health::PendingDelete(_) => "pending-delete",
+            Health::PendingDelete(_) | Health::Deleted { pending: true, .. } => "pending-delete",
             Health::Suspect { .. } => "suspect",
             Health::Deleted { .. } => "deleted",
         }
@@ -363,6 +363,38 @@ pub struct VolumeState {
     pub latencies: Arc<crate::metrics::Latencies>,
     /// When `health` last changed kind.
     pub since: Instant,
+    /// Each probe's own answers, in configuration order: a probe that fails while the combined
+    /// answer is healthy (a master down while the directory answers: deletion detection is
+    /// blind meanwhile) shows here.
+    pub probes: Vec<ProbeState>,
+}
+
+/// One probe's answers (see [`VolumeState::probes`]).
+#[derive(Debug, Clone)]
+pub struct ProbeState {
+    /// The probe's name: its kind, with its position when a volume has several of that kind
+    /// (`http#2`).
+    pub name: String,
+    /// Its last answer.
+    pub last: Option<Verdict>,
+    /// Its answers that were not healthy.
+    pub failures: u64,
+}
+
+/// The names of `probes` for [`ProbeState::name`].
+fn probe_names(probes: &[Arc<dyn Probe>]) -> Vec<String> {
+    probes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let several = probes.iter().filter(|q| q.kind() == p.kind()).count() > 1;
+            if several {
+                format!("{}#{}", p.kind(), i + 1)
+            } else {
+                p.kind().to_string()
+            }
+        })
+        .collect()
 }
 
 /// A volume to watch.
@@ -499,6 +531,14 @@ impl Monitor {
                 last_latency: None,
                 latencies: Arc::default(),
                 since: Instant::now(),
+                probes: probe_names(&w.probes)
+                    .into_iter()
+                    .map(|name| ProbeState {
+                        name,
+                        last: None,
+                        failures: 0,
+                    })
+                    .collect(),
             });
             tasks.push(runtime.spawn(watch_volume(
                 w,
@@ -591,6 +631,27 @@ async fn watch_volume(
             log_transition(&w.name, &t, &answers);
         }
         tx.send_modify(|s| {
+            for (p, (_, v)) in s.probes.iter_mut().zip(&answers) {
+                let healthy = matches!(v, Verdict::Healthy { .. });
+                let was = p
+                    .last
+                    .as_ref()
+                    .map(|l| matches!(l, Verdict::Healthy { .. }));
+                if was != Some(healthy) && (was.is_some() || !healthy) {
+                    // One line per change of one probe's answer, also when the combined answer
+                    // does not change (a master outage under a directory that answers).
+                    if healthy {
+                        tracing::info!(volume = %w.name, probe = %p.name, "probe answers again");
+                    } else {
+                        tracing::warn!(
+                            volume = %w.name, probe = %p.name, answer = %v,
+                            "probe failing"
+                        );
+                    }
+                }
+                p.failures += u64::from(!healthy);
+                p.last = Some(v.clone());
+            }
             if s.health != *tracker.health() {
                 if std::mem::discriminant(&s.health) != std::mem::discriminant(tracker.health()) {
                     s.since = now;

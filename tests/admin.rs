@@ -263,3 +263,139 @@ fn the_commands_say_clearly_when_no_mount_answers() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Two volumes, v0 watched through a fake CubeFS master (`vol-a`) as well as its directory, and
+/// the admin socket (no token).
+fn mount_under_a_master(c: &common::fake_master::FakeCluster) -> (Fixture, AdminAddress) {
+    let masters = format!("{:?}", c.addrs());
+    let layout = Layout::with_volumes(2, "", FAST_HEALTH, |i| {
+        if i == 0 {
+            format!(
+                "probes = [{{ kind = \"cubefs\", masters = {masters}, volume = \"vol-a\", timeout = \"200ms\" }}, {{ kind = \"dir\" }}]"
+            )
+        } else {
+            String::new()
+        }
+    });
+    for (i, v) in layout.vols.iter().enumerate() {
+        fs::write(v.join("f"), format!("v{i}")).unwrap();
+    }
+    let socket = layout.dir.path().join("admin.sock");
+    let fx = Fixture::mount(layout);
+    wait_until(Duration::from_secs(10), "the primary seen healthy", || {
+        fx.app().monitor().state(0).unwrap().health.usable()
+    });
+    (fx, AdminAddress::Unix(socket))
+}
+
+fn status_of(address: &AdminAddress) -> serde_json::Value {
+    serde_json::from_str(&get_open(address, "/status")).unwrap()
+}
+
+fn get_open(address: &AdminAddress, path: &str) -> String {
+    let (code, body) = ask(address, "GET", path, None);
+    assert_eq!(code, 200, "{path}: {body}");
+    body
+}
+
+#[test]
+fn a_master_outage_under_a_directory_that_answers_shows_per_probe() {
+    let c = common::fake_master::FakeCluster::start(1);
+    c.create("vol-a");
+    let (fx, address) = mount_under_a_master(&c);
+    c.fault(0, common::fake_master::Fault::Refuse);
+    // The master's own answers say it is down, in /status and in the metrics, while the volume
+    // (its data reachable) stays healthy.
+    wait_until(Duration::from_secs(10), "the cubefs probe failing", || {
+        let v = status_of(&address);
+        let probes = v["volumes"][0]["probes"].as_array().cloned().unwrap();
+        probes
+            .iter()
+            .any(|p| p["probe"] == "cubefs" && p["healthy"] == false)
+    });
+    let v = status_of(&address);
+    let probes = v["volumes"][0]["probes"].as_array().cloned().unwrap();
+    let dir = probes.iter().find(|p| p["probe"] == "dir").unwrap();
+    assert_eq!(dir["healthy"], true, "{probes:?}");
+    assert_eq!(v["volumes"][0]["state"], "healthy", "{v}");
+    let metrics = parse_metrics(&get_open(&address, "/metrics"));
+    assert!(
+        metrics.iter().any(|l| l.starts_with(
+            "failoverfs_probe_answer_healthy{fleet=\"v0\",probe=\"cubefs\",volume=\"v0\"} 0.0"
+        )),
+        "{metrics:?}"
+    );
+    assert!(
+        metrics.iter().any(|l| l.starts_with(
+            "failoverfs_probe_answer_failures_total{fleet=\"v0\",probe=\"cubefs\",volume=\"v0\"}"
+        ) && !l.ends_with(" 0.0")),
+        "{metrics:?}"
+    );
+    // The text table says it too.
+    let out = bin()
+        .args(["status", "--config"])
+        .arg(&fx.layout.config)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("cubefs") && table.contains("probe failing"),
+        "{table}"
+    );
+    // Back: the probe answers healthy again.
+    c.fault(0, common::fake_master::Fault::None);
+    wait_until(
+        Duration::from_secs(10),
+        "the cubefs probe healthy again",
+        || {
+            let v = status_of(&address);
+            v["volumes"][0]["probes"]
+                .as_array()
+                .is_some_and(|p| p.iter().all(|p| p["healthy"] == true))
+        },
+    );
+}
+
+#[test]
+fn a_pending_deletion_is_its_own_state_and_reason() {
+    let c = common::fake_master::FakeCluster::start(1);
+    c.create("vol-a");
+    let (fx, address) = mount_under_a_master(&c);
+    c.set(
+        "vol-a",
+        common::fake_master::VolState::PendingDelayed(c.now() + Duration::from_secs(3600)),
+    );
+    // The default on_pending_delete = "failover": a switch, counted as pending-delete.
+    wait_until(Duration::from_secs(20), "the switch", || {
+        !fx.app().audit().is_empty()
+    });
+    let v = status_of(&address);
+    assert_eq!(v["volumes"][0]["state"], "pending-delete", "{v}");
+    assert_eq!(v["counters"]["failovers"], 1, "{v}");
+    let metrics = parse_metrics(&get_open(&address, "/metrics"));
+    for (line, want) in [
+        (
+            "failoverfs_failovers_total{fleet=\"v0\",reason=\"pending-delete\"}",
+            " 1.0",
+        ),
+        (
+            "failoverfs_failovers_total{fleet=\"v0\",reason=\"deleted\"}",
+            " 0.0",
+        ),
+        (
+            "failoverfs_volume_health{fleet=\"v0\",state=\"pending-delete\",volume=\"v0\"}",
+            " 1.0",
+        ),
+        (
+            "failoverfs_volume_health{fleet=\"v0\",state=\"deleted\",volume=\"v0\"}",
+            " 0.0",
+        ),
+    ] {
+        assert!(
+            metrics
+                .iter()
+                .any(|l| l.starts_with(line) && l.ends_with(want)),
+            "{line}{want}: {metrics:?}"
+        );
+    }
+}
