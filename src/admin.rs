@@ -275,7 +275,8 @@ pub struct Status {
     pub mount: String,
     /// Fleet label.
     pub fleet: String,
-    /// serving, holding-changes, switching (draining the old volume) or exiting (fenced).
+    /// serving, holding-changes, refusing-changes (the served root is detached), switching
+    /// (draining the old volume) or exiting (fenced).
     pub state: &'static str,
     /// Route generation.
     pub generation: u64,
@@ -485,6 +486,8 @@ impl AdminState {
                 "switching"
             } else if route.is_held() {
                 "holding-changes"
+            } else if route.changes() == crate::routing::Changes::Refuse {
+                "refusing-changes"
             } else {
                 "serving"
             },

@@ -40,7 +40,7 @@ use crate::monitor::{Health, Monitor, Watched, probe_once};
 use crate::namespace::Stale;
 use crate::probe::dir::RootWatch;
 use crate::probe::{Strength, TransientKind, Verdict};
-use crate::routing::{Route, Router, Volume, WaitPolicy};
+use crate::routing::{Changes, Route, Router, Volume, WaitPolicy};
 use crate::state::StateFile;
 use crate::vfs::{Vfs, VfsOptions};
 
@@ -883,6 +883,9 @@ impl Signals {
 enum Hold {
     /// Suspected deleted (strong evidence): hold changes.
     Set(String),
+    /// The served root is detached from the volume's path: refuse changes (nothing written
+    /// through it would be found at the volume again), whatever `hold_writes` says.
+    Refuse(String),
     /// Healthy again (or nothing known yet): release them.
     Release,
     /// Transient or confirmed: leave the hold as it is (the switch replaces the route).
@@ -937,6 +940,9 @@ impl Supervisor {
                 // either way: the hold stays, each waiting change still bounded by
                 // `drain_timeout`.
                 let suspect = match &s.health {
+                    Health::Suspect { evidence, .. } if evidence.detached => {
+                        Hold::Refuse(evidence.to_string())
+                    }
                     Health::Suspect { evidence, .. } if evidence.strength == Strength::Strong => {
                         Hold::Set(evidence.to_string())
                     }
@@ -1014,28 +1020,35 @@ impl Supervisor {
     /// evidence, `hold_writes = "suspect"`), release them when the suspicion clears. A switch
     /// publishes a route that holds nothing.
     fn hold_changes(&self, wish: Hold) {
-        if self.settings.hold_writes != HoldWrites::Suspect {
-            return;
-        }
-        let suspect = match wish {
-            Hold::Set(evidence) => Some(evidence),
-            Hold::Release => None,
+        let holds = self.settings.hold_writes == HoldWrites::Suspect;
+        let (changes, evidence) = match wish {
+            Hold::Set(evidence) if holds => (Changes::Hold, evidence),
+            Hold::Set(_) => return,
+            Hold::Refuse(evidence) => (Changes::Refuse, evidence),
+            Hold::Release => (Changes::Run, String::new()),
             Hold::Keep => return,
         };
         let route = self.router.current();
-        if route.is_held() == suspect.is_some() {
+        if route.changes() == changes {
             return;
         }
-        self.router
-            .hold_changes(route.generation(), suspect.is_some());
-        match suspect {
-            Some(evidence) => tracing::warn!(
-                volume = %route.volume().name,
+        self.router.set_changes(route.generation(), changes);
+        let volume = &route.volume().name;
+        match changes {
+            Changes::Hold => tracing::warn!(
+                volume = %volume,
                 evidence,
                 "holding changes: the active volume is suspected deleted (reads go on)"
             ),
-            None => tracing::info!(
-                volume = %route.volume().name,
+            Changes::Refuse => tracing::warn!(
+                volume = %volume,
+                evidence,
+                errno = crate::error::errno_name(self.router.policy().errno),
+                "refusing changes: the served root is no longer at the volume's path, so \
+                 nothing written through it would be found there (reads go on)"
+            ),
+            Changes::Run => tracing::info!(
+                volume = %volume,
                 "changes released: the suspicion cleared"
             ),
         }

@@ -948,6 +948,7 @@ mod tests {
                 source: "x".into(),
                 detail: "y".into(),
                 strength: Strength::Strong,
+                detached: false,
             },
             pending: false,
             count: 3,

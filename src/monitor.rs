@@ -740,6 +740,7 @@ mod tests {
             source: "m".into(),
             detail: "code 7".into(),
             strength,
+            detached: false,
         })
     }
 
@@ -748,6 +749,7 @@ mod tests {
             source: "m".into(),
             detail: "Status 1".into(),
             strength: Strength::Strong,
+            detached: false,
         })
     }
 

@@ -45,6 +45,10 @@ pub struct Evidence {
     pub detail: String,
     /// Weak or strong.
     pub strength: Strength,
+    /// The answer is a `dir` volume's served root found detached from its path (moved away,
+    /// replaced, unmounted): whatever is written through it reaches a directory that is no
+    /// longer the volume's.
+    pub detached: bool,
 }
 
 impl fmt::Display for Evidence {
@@ -415,6 +419,7 @@ mod tests {
             source: "x".into(),
             detail: "y".into(),
             strength,
+            detached: false,
         })
     }
 

@@ -21,7 +21,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
@@ -166,7 +166,31 @@ pub struct Route {
     volume: Arc<Volume>,
     fenced: Option<i32>,
     gate: Gate,
-    held: AtomicBool,
+    /// What happens to changes ([`Changes`], as a `u8`).
+    changes: AtomicU8,
+}
+
+/// What a route does with operations that change data or metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Changes {
+    /// They run.
+    Run = 0,
+    /// They wait (bounded) for the verdict: the volume is suspected deleted.
+    Hold = 1,
+    /// They fail at once with [`WaitPolicy::errno`]: the served root is no longer the
+    /// volume's (detached), so nothing written through it would be found there again.
+    Refuse = 2,
+}
+
+impl Changes {
+    fn from_u8(v: u8) -> Changes {
+        match v {
+            1 => Changes::Hold,
+            2 => Changes::Refuse,
+            _ => Changes::Run,
+        }
+    }
 }
 
 impl Route {
@@ -177,7 +201,7 @@ impl Route {
             volume,
             fenced: None,
             gate: Gate::default(),
-            held: AtomicBool::new(false),
+            changes: AtomicU8::new(Changes::Run as u8),
         }
     }
 
@@ -189,7 +213,7 @@ impl Route {
             volume,
             fenced: Some(errno),
             gate: Gate::default(),
-            held: AtomicBool::new(false),
+            changes: AtomicU8::new(Changes::Run as u8),
         };
         route.gate.close();
         route
@@ -217,7 +241,12 @@ impl Route {
 
     /// Whether changes are held on this route (its volume is suspected deleted).
     pub fn is_held(&self) -> bool {
-        self.held.load(Ordering::Acquire)
+        self.changes() == Changes::Hold
+    }
+
+    /// What happens to changes on this route.
+    pub fn changes(&self) -> Changes {
+        Changes::from_u8(self.changes.load(Ordering::Acquire))
     }
 }
 
@@ -335,14 +364,24 @@ impl Router {
     /// Admit an operation that changes data or metadata: like [`Router::enter`], but while the
     /// route holds changes (its volume is suspected deleted) wait until it releases them or a
     /// newer route is published, at most [`WaitPolicy::max_wait`]; still held then, fail with
-    /// [`WaitPolicy::errno`]. One more atomic load on the hot path.
+    /// [`WaitPolicy::errno`]. While the route refuses changes, fail at once with that errno.
+    /// One more atomic load on the hot path.
     #[inline]
     pub fn enter_change(&self) -> Result<Ticket> {
         let ticket = self.enter()?;
-        if !ticket.route.held.load(Ordering::Acquire) {
+        if ticket.route.changes.load(Ordering::Acquire) == Changes::Run as u8 {
             return Ok(ticket);
         }
-        self.wait_release(ticket)
+        self.changes_not_running(ticket)
+    }
+
+    #[cold]
+    fn changes_not_running(&self, ticket: Ticket) -> Result<Ticket> {
+        match ticket.route.changes() {
+            Changes::Run => Ok(ticket),
+            Changes::Refuse => Err(Error::unavailable(self.policy.errno)),
+            Changes::Hold => self.wait_release(ticket),
+        }
     }
 
     #[cold]
@@ -356,7 +395,7 @@ impl Router {
             let mut published = self.published.lock();
             loop {
                 let route = self.current.load();
-                if route.generation != generation || !route.held.load(Ordering::Acquire) {
+                if route.generation != generation || route.changes() != Changes::Hold {
                     break true;
                 }
                 drop(route);
@@ -371,21 +410,27 @@ impl Router {
         };
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         if released {
-            self.enter()
+            let ticket = self.enter()?;
+            match ticket.route.changes() {
+                // Refused meanwhile (the suspicion turned into a detached root): fail.
+                Changes::Refuse => Err(Error::unavailable(self.policy.errno)),
+                // Held again right away: one wait is all a change gets.
+                Changes::Run | Changes::Hold => Ok(ticket),
+            }
         } else {
             Err(Error::unavailable(self.policy.errno))
         }
     }
 
-    /// Hold (`true`) or release changes on the current route, if it is still `generation`.
-    /// Only the supervisor calls this (it watches the active volume's state).
-    pub fn hold_changes(&self, generation: u64, hold: bool) -> bool {
+    /// Set what happens to changes on the current route, if it is still `generation`. Only the
+    /// supervisor calls this (it watches the active volume's state).
+    pub fn set_changes(&self, generation: u64, changes: Changes) -> bool {
         let route = self.current.load();
         if route.generation != generation {
             return false;
         }
-        let was = route.held.swap(hold, Ordering::AcqRel);
-        if was && !hold {
+        let was = Changes::from_u8(route.changes.swap(changes as u8, Ordering::AcqRel));
+        if was == Changes::Hold && changes != Changes::Hold {
             // Under the lock: a waiter checks the flag under it before it sleeps.
             let _published = self.published.lock();
             self.republished.notify_all();
@@ -405,10 +450,20 @@ impl Router {
         Some(self.enter_after(generation))
     }
 
+    /// Wait, at most until `deadline`, for a route newer than `generation` (whose volume failed
+    /// in a way a new route may cure: a client restarting under it), and enter it.
+    pub fn enter_next_by(&self, generation: u64, deadline: Instant) -> Result<Ticket> {
+        self.enter_after_by(generation, deadline)
+    }
+
     /// Slow path: wait for a route newer than `generation` whose gate is open, then enter it.
     #[cold]
     fn enter_after(&self, generation: u64) -> Result<Ticket> {
-        let deadline = Instant::now() + self.policy.max_wait;
+        self.enter_after_by(generation, Instant::now() + self.policy.max_wait)
+    }
+
+    #[cold]
+    fn enter_after_by(&self, generation: u64, deadline: Instant) -> Result<Ticket> {
         let mut after = generation;
         let mut counted = false;
         loop {
@@ -555,6 +610,26 @@ mod tests {
         let router = Router::new(Route::serving(1, volume(0)), WaitPolicy::default());
         router.publish(Route::fenced(2, volume(0), libc::ENOTCONN));
         assert_eq!(router.enter().err().unwrap().errno(), libc::ENOTCONN);
+    }
+
+    #[test]
+    fn refused_changes_fail_at_once_and_reads_go_on() {
+        let router = Router::new(
+            Route::serving(1, volume(0)),
+            WaitPolicy {
+                max_wait: Duration::from_secs(30),
+                ..Default::default()
+            },
+        );
+        assert!(router.set_changes(1, Changes::Refuse));
+        let t0 = Instant::now();
+        assert_eq!(router.enter_change().err().unwrap().errno(), libc::EIO);
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert!(router.enter().is_ok());
+        // Not for another generation.
+        assert!(!router.set_changes(7, Changes::Run));
+        assert!(router.set_changes(1, Changes::Run));
+        assert!(router.enter_change().is_ok());
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub struct Vfs {
     /// `ESTALE` answers sent to the kernel (see [`Vfs::count_stale_answer`]).
     stale_answers: AtomicU64,
     writing: WritesInFlight,
+    /// The route whose client died, and until when failures on it wait for a new route
+    /// ([`Vfs::wait_for_the_client`]).
+    client_wait: parking_lot::Mutex<(u64, std::time::Instant)>,
 }
 
 impl Vfs {
@@ -123,6 +126,7 @@ impl Vfs {
             alarms: AtomicU64::new(0),
             stale_answers: AtomicU64::new(0),
             writing: WritesInFlight::new(),
+            client_wait: parking_lot::Mutex::new((0, std::time::Instant::now())),
         }
     }
 
@@ -228,7 +232,13 @@ impl Vfs {
         }
         let generation = ticket.generation();
         drop(ticket);
-        match self.router.enter_newer(generation) {
+        let next = match self.router.enter_newer(generation) {
+            None if matches!(e.errno(), libc::ENOTCONN | libc::ECONNABORTED) => {
+                self.wait_for_the_client(generation)
+            }
+            next => next,
+        };
+        match next {
             Some(Ok(next)) => {
                 self.retried.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, generation = next.generation(), "retrying on the new route");
@@ -236,6 +246,26 @@ impl Vfs {
             }
             _ => Err(e),
         }
+    }
+
+    /// The volume's client on this node is dead (`ENOTCONN`, `ECONNABORTED`: a FUSE client
+    /// such as `cfs-client` killed or restarting). Its restart shows as a remount, which the
+    /// switch controller follows with a new route: wait for one, at most `drain_timeout` from
+    /// the first such failure on this route. Every failure in that window waits until its end;
+    /// once it has passed without a new route (the client is not coming back by itself), such
+    /// failures are answered at once, so a dead client costs one bounded pause, not one per
+    /// operation.
+    #[cold]
+    fn wait_for_the_client(&self, generation: u64) -> Option<Result<Ticket>> {
+        let now = std::time::Instant::now();
+        let until = {
+            let mut w = self.client_wait.lock();
+            if w.0 != generation {
+                *w = (generation, now + self.router.policy().max_wait);
+            }
+            w.1
+        };
+        (now < until).then(|| self.router.enter_next_by(generation, until))
     }
 
     /// Asked only once an operation failed, so the hot path pays nothing for it.
@@ -502,10 +532,14 @@ impl Vfs {
 
     /// `open`: the handle number, and whether the kernel may keep the file's cached pages.
     pub fn open(&self, ino: u64, flags: i32, who: Caller) -> Result<Opened> {
-        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+        let changes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if changes {
             self.writable()?;
         }
-        self.run(Retry::Never, |t| {
+        // An open that changes nothing can run again on the next route (or the same volume
+        // re-opened after its client restarted); one that may have truncated cannot.
+        let retry = if changes { Retry::Never } else { Retry::Safe };
+        self.run(retry, |t| {
             let backend = &t.volume().backend;
             let truncated = flags & libc::O_TRUNC != 0;
             // Opened without O_TRUNC: the name may hold another file than the one the kernel

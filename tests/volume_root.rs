@@ -216,3 +216,144 @@ fn a_client_restart_under_a_dir_volume_is_followed() {
     drop(held);
     drop(fx);
 }
+
+#[test]
+fn no_change_is_acknowledged_on_a_detached_root() {
+    // A long weak window, as by default: the switch comes late, the refusal at once.
+    let layout = Layout::new(2, "", &health("3s"));
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    let old = fx.layout.dir.path().join("v0.old");
+    fs::rename(&fx.layout.vols[0], &old).unwrap();
+    fs::create_dir(&fx.layout.vols[0]).unwrap();
+    wait_until(Duration::from_secs(10), "changes refused", || {
+        fx.app().vfs().router().current().changes() == failoverfs::routing::Changes::Refuse
+    });
+    // From now until the switch, every change fails at once and lands nowhere; reads go on.
+    let generation = || fx.app().vfs().router().current().generation();
+    let mut refused = 0;
+    let mut i = 0;
+    while generation() == 1 {
+        let name = format!("late{i}");
+        i += 1;
+        let r = fs::write(fx.path(&name), b"x");
+        if generation() == 1 {
+            let e = r.expect_err("a change acknowledged on the detached root");
+            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+            refused += 1;
+        }
+        assert_eq!(fs::read(fx.path("f")).unwrap_or_default().len(), 2);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(refused > 0);
+    eprintln!("{refused} changes refused before the switch");
+    let a = first_switch(&fx);
+    assert_eq!(a.to.as_deref(), Some("v1"), "{a:?}");
+    fs::write(fx.path("after"), b"kept").unwrap();
+    assert_eq!(fs::read(fx.vol(1, "after")).unwrap(), b"kept");
+    for j in 0..i {
+        assert!(!old.join(format!("late{j}")).exists());
+    }
+}
+
+#[test]
+fn a_client_killed_and_restarted_is_a_pause_for_readers_and_loses_no_acknowledged_write() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    // The volume is a FUSE mount of its own (standing in for cfs-client), mounted without the
+    // auto-unmount helper: killing it leaves a dead mount, as a crashed client does.
+    let inner_layout = Layout::new(1, "", "");
+    fs::write(inner_layout.vols[0].join("f"), b"data").unwrap();
+    let store = inner_layout.vols[0].clone();
+    let inner_mnt = inner_layout.mnt.clone();
+    let mut inner = BinMount::start_with_env(
+        inner_layout,
+        &[],
+        &[("FUSERMOUNT_PATH", "/nonexistent/fusermount3")],
+        &inner_mnt,
+    );
+    let layout = Layout::over_mount(&inner.mnt, 1, "", &health("60s"));
+    let fx = Fixture::mount(layout);
+    fs::create_dir(fx.path("w")).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let read_errors = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let (stop, reads, errors, path) = (
+            stop.clone(),
+            reads.clone(),
+            read_errors.clone(),
+            fx.path("f"),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match fs::read(&path) {
+                    Ok(d) => assert_eq!(d, b"data"),
+                    Err(e) => errors.lock().unwrap().push(e.to_string()),
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let writer = {
+        let (stop, dir) = (stop.clone(), fx.path("w"));
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("r{i}");
+                let written = fs::File::create(dir.join(&name)).and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, name.as_bytes())?;
+                    f.sync_all()
+                });
+                if written.is_ok() {
+                    acked.push(name);
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            acked
+        })
+    };
+    wait_until(Duration::from_secs(10), "reads before the kill", || {
+        reads.load(Ordering::Relaxed) > 20
+    });
+    inner.signal(nix::sys::signal::Signal::SIGKILL);
+    inner.wait(Duration::from_secs(10));
+    // The client comes back on the same path (its start detaches the dead mount).
+    inner.start_again();
+    wait_until(Duration::from_secs(30), "the root re-opened", || {
+        fx.app()
+            .audit()
+            .iter()
+            .any(|a| a.reason.contains("remounted") && matches!(a.outcome, Outcome::Swapped { .. }))
+    });
+    let after = reads.load(Ordering::Relaxed);
+    wait_until(Duration::from_secs(10), "reads after the restart", || {
+        reads.load(Ordering::Relaxed) > after + 20
+    });
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    let acked = writer.join().unwrap();
+    let errors = read_errors.lock().unwrap().clone();
+    assert!(
+        errors.is_empty(),
+        "{} read errors: {errors:?}",
+        errors.len()
+    );
+    assert!(!acked.is_empty());
+    for name in &acked {
+        assert_eq!(
+            fs::read(store.join("w").join(name)).ok().as_deref(),
+            Some(name.as_bytes()),
+            "acknowledged write {name} missing"
+        );
+    }
+    eprintln!(
+        "{} reads, 0 errors; {} acknowledged writes, all present",
+        reads.load(Ordering::Relaxed),
+        acked.len()
+    );
+}

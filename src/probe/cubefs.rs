@@ -250,6 +250,7 @@ pub fn classify(status: u16, body: &[u8], now: SystemTime, skew: Duration, sourc
         source: source.to_string(),
         detail,
         strength: Strength::Strong,
+        detached: false,
     };
     match code {
         0 => {}

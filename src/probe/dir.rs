@@ -200,6 +200,7 @@ impl DirProbe {
                         source: format!("dir {}", self.path.display()),
                         detail,
                         strength: Strength::Weak,
+                        detached: true,
                     }),
                 }
             }
@@ -294,6 +295,7 @@ pub fn inspect(path: &Path, marker: Option<&Path>, require_mountpoint: bool) -> 
             source: format!("dir {}", path.display()),
             detail,
             strength: Strength::Strong,
+            detached: false,
         })
     };
     let io = |what: &str, e: std::io::Error| {
@@ -318,6 +320,7 @@ pub fn inspect(path: &Path, marker: Option<&Path>, require_mountpoint: bool) -> 
                     source: format!("dir {}", path.display()),
                     detail: "not a mount point (is the volume unmounted?)".into(),
                     strength: Strength::Weak,
+                    detached: false,
                 });
             }
             Ok(_) => {}

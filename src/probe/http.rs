@@ -71,6 +71,7 @@ pub fn classify(
             source: format!("http {url}"),
             detail: format!("HTTP {status}"),
             strength,
+            detached: false,
         })
     } else if status == 429 {
         Verdict::transient(TransientKind::RateLimited, format!("{url}: HTTP 429"))

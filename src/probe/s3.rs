@@ -142,6 +142,7 @@ pub fn classify_witness(status: u16, body: &[u8], source: &str) -> Verdict {
             source: source.to_string(),
             detail: "404 NoSuchBucket".into(),
             strength: Strength::Weak,
+            detached: false,
         }),
         (200..=299, _) => Verdict::transient(
             TransientKind::Inconclusive,
@@ -217,6 +218,7 @@ mod tests {
             classify_witness(404, NO_SUCH_BUCKET.as_bytes(), "s"),
             Verdict::Deleted(Evidence {
                 strength: Strength::Weak,
+                detached: false,
                 ..
             })
         ));
