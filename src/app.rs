@@ -213,7 +213,20 @@ impl App {
         let start = start_index(settings, &state);
         let mut volumes = Vec::with_capacity(settings.volumes.len());
         for (index, v) in settings.volumes.iter().enumerate() {
-            match opener(index) {
+            // Bounded: a root on a hung client is a volume unavailable at start, not a start
+            // that hangs (the thread opening it is left behind).
+            let BackendSettings::Dir { path } = &v.backend;
+            let opened = {
+                let opener = opener.clone();
+                crate::config::bounded_at(path, move |_| opener(index)).unwrap_or_else(|| {
+                    Err(format!(
+                        "{} does not answer within {:?} (a hung client?)",
+                        path.display(),
+                        crate::config::ROOT_STAT_LIMIT
+                    ))
+                })
+            };
+            match opened {
                 Ok(volume) => {
                     if let Some(Some(w)) = watches.get(index) {
                         w.serve(volume.backend.root_mark());

@@ -1214,8 +1214,18 @@ impl Settings {
     /// compared after resolving symlinks, `.` and `..`.
     fn refuse_overlaps(&self, origin: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
         use std::os::unix::fs::MetadataExt;
-        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-        let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        // Bounded: a volume root on a hung client must not hang the start (it is compared by
+        // its path alone then).
+        let real = |p: &Path| {
+            bounded_at(p, |p| std::fs::canonicalize(p))
+                .and_then(Result::ok)
+                .unwrap_or_else(|| p.to_path_buf())
+        };
+        let id = |p: &Path| {
+            stat_bounded(p)
+                .and_then(Result::ok)
+                .map(|m| (m.dev(), m.ino()))
+        };
         // Never stat the mount point itself: a hung FUSE mount there would hang the check. A
         // symlink is found without following it (readlink never reaches a mounted filesystem):
         // the kernel would mount on its target, somewhere the configuration does not name.
@@ -1488,7 +1498,15 @@ fn ensure_dir(path: &Path, create: bool, dead_mount_ok: bool) -> Result<(), Stri
 /// and used when it comes back); the start decides what that means for the volume it serves.
 /// Only a path that exists and is not a directory is refused.
 fn volume_root(path: &Path, create: bool) -> Result<(), String> {
-    match std::fs::metadata(path) {
+    let Some(answer) = stat_bounded(path) else {
+        tracing::warn!(
+            path = %path.display(),
+            waited = ?ROOT_STAT_LIMIT,
+            "a volume root does not answer (a hung client?); the volume is unavailable until it does"
+        );
+        return Ok(());
+    };
+    match answer {
         Ok(md) if md.is_dir() => Ok(()),
         Ok(_) => Err(format!("{} exists but is not a directory", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
@@ -1504,6 +1522,47 @@ fn volume_root(path: &Path, create: bool) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// How long the start waits for a volume root to answer one `stat` (or `open`).
+pub const ROOT_STAT_LIMIT: Duration = Duration::from_secs(2);
+
+/// Paths found hung at start: asked again, they answer `None` at once.
+static HUNG: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
+
+/// Run `f` (a call that may reach a volume root) on a thread of its own, bounded by
+/// [`ROOT_STAT_LIMIT`]: a hung filesystem under `path` (a client that stopped answering) blocks
+/// that thread only, which is left behind. `None` when it did not answer in time, or when `path`
+/// was already found hung.
+pub fn bounded_at<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce(&Path) -> T + Send + 'static,
+) -> Option<T> {
+    if HUNG.lock().iter().any(|h| path.starts_with(h)) {
+        return None;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = path.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("root-check".into())
+        .spawn(move || {
+            let _ = tx.send(f(&owned));
+        });
+    if spawned.is_err() {
+        return None;
+    }
+    match rx.recv_timeout(ROOT_STAT_LIMIT) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            HUNG.lock().push(path.to_path_buf());
+            None
+        }
+    }
+}
+
+/// `stat` of `path`, bounded (see [`bounded_at`]).
+pub fn stat_bounded(path: &Path) -> Option<std::io::Result<std::fs::Metadata>> {
+    bounded_at(path, |p| std::fs::metadata(p))
 }
 
 /// Serde support for human-readable durations (`"2s"`, `"500ms"`, `"1m 30s"`).

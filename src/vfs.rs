@@ -268,6 +268,20 @@ impl Vfs {
         (now < until).then(|| self.router.enter_next_by(generation, until))
     }
 
+    /// The result of a create (`create`, `mkdir`, `mknod`, `symlink`): `ENOENT` there means
+    /// that a directory the kernel knows is gone from the volume (removed on it, or the volume
+    /// itself going: an `rm -rf` of its root starts with the children), so the volume is probed
+    /// at once. The error itself is the answer.
+    #[inline]
+    fn made<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r
+            && e.errno() == libc::ENOENT
+        {
+            self.raise_alarm();
+        }
+        r
+    }
+
     /// Asked only once an operation failed, so the hot path pays nothing for it.
     fn may_retry(&self, retry: Retry) -> bool {
         match retry {
@@ -448,22 +462,22 @@ impl Vfs {
         rdev: u32,
         who: Caller,
     ) -> Result<Entry> {
-        self.change(Retry::Never, |t| {
+        self.made(self.change(Retry::Never, |t| {
             let dir = self.ns.dir_of(t, parent)?;
             let attr = t.volume().backend.mknod(&dir, name, mode, rdev, who)?;
             self.ns.entry(t, parent, name, attr)
-        })
+        }))
     }
 
     /// `mkdir`.
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, who: Caller) -> Result<Entry> {
-        self.change(Retry::Never, |t| {
+        self.made(self.change(Retry::Never, |t| {
             let dir = self.ns.dir_of(t, parent)?;
             let attr = t.volume().backend.mkdir(&dir, name, mode, who)?;
             let entry = self.ns.entry(t, parent, name, attr)?;
             self.ns.pin_found(t, &dir, name, &entry);
             Ok(entry)
-        })
+        }))
     }
 
     /// `unlink`.
@@ -490,11 +504,11 @@ impl Vfs {
 
     /// `symlink`: the target is stored verbatim.
     pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, who: Caller) -> Result<Entry> {
-        self.change(Retry::Never, |t| {
+        self.made(self.change(Retry::Never, |t| {
             let dir = self.ns.dir_of(t, parent)?;
             let attr = t.volume().backend.symlink(&dir, name, target, who)?;
             self.ns.entry(t, parent, name, attr)
-        })
+        }))
     }
 
     /// `rename`, with `RENAME_NOREPLACE` and `RENAME_EXCHANGE`.
@@ -592,7 +606,7 @@ impl Vfs {
         flags: i32,
         who: Caller,
     ) -> Result<(Entry, u64)> {
-        self.change(Retry::Never, |t| {
+        self.made(self.change(Retry::Never, |t| {
             let dir = self.ns.dir_of(t, parent)?;
             let (file, attr) = t.volume().backend.create(&dir, name, mode, flags, who)?;
             let entry = self.ns.entry(t, parent, name, attr)?;
@@ -602,7 +616,7 @@ impl Vfs {
                 .handles
                 .open_file(entry.ino, flags, epoch(t), file, true, opened_as);
             Ok((entry, fh))
-        })
+        }))
     }
 
     /// `read` into `buf`; returns the bytes read (short only at end of file).

@@ -594,8 +594,9 @@ fn a_restart_after_a_switch_serves_the_volume_switched_to() {
     assert!(serving("v0"));
 }
 
-#[test]
-fn a_restart_after_a_failover_serves_when_the_primary_root_is_gone() {
+/// A daemon over v0 (with a marker) and v1 that failed over to v1 (the marker removed) and
+/// recorded it in its state file.
+fn failed_over_to_the_standby() -> BinMount {
     let l = Layout::with_volumes(2, "", FAST_HEALTH, |i| {
         if i == 0 {
             "probe = { kind = \"dir\", marker = \".volume\" }".into()
@@ -608,41 +609,55 @@ fn a_restart_after_a_failover_serves_when_the_primary_root_is_gone() {
     }
     std::fs::write(l.vols[0].join(".volume"), b"").unwrap();
     let state = l.dir.path().join("state.json");
-    let mut m = BinMount::start(l, &[]);
-    let f = m.mnt.join("f");
-    let serving = |want: &str| std::fs::read_to_string(&f).is_ok_and(|s| s == want);
+    let m = BinMount::start(l, &[]);
     std::fs::remove_file(m.layout.vols[0].join(".volume")).unwrap();
     wait_until(Duration::from_secs(30), "the switch to v1", || {
-        serving("v1")
+        serves(&m, "v1")
     });
     wait_until(Duration::from_secs(10), "v1 recorded", || {
         std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"active\":\"v1\""))
     });
-    // What a deleted volume leaves: its root moved away, then removed altogether.
-    let primary = m.layout.vols[0].clone();
-    std::fs::rename(&primary, primary.with_extension("old")).unwrap();
-    m.restart(&[]);
-    assert!(serving("v1"), "{}", m.stderr());
-    std::fs::remove_dir_all(primary.with_extension("old")).unwrap();
-    m.restart(&[]);
-    assert!(serving("v1"), "{}", m.stderr());
-    // A dead FUSE mount where the primary's root was (its client killed): another failoverfs,
-    // without fusermount3, so that a SIGKILL leaves its mount dead.
-    std::fs::create_dir(&primary).unwrap();
+    m
+}
+
+fn serves(m: &BinMount, want: &str) -> bool {
+    std::fs::read_to_string(m.mnt.join("f")).is_ok_and(|s| s == want)
+}
+
+/// A FUSE filesystem of its own (another failoverfs, without fusermount3 so that a SIGKILL
+/// leaves its mount dead) mounted on `at`, standing in for a volume's client.
+fn client_on(at: &std::path::Path) -> BinMount {
     let helper_layout = Layout::new(1, "", "");
     let helper_config = std::fs::read_to_string(&helper_layout.config)
         .unwrap()
         .replace(
             &format!("\"{}\"", helper_layout.mnt.display()),
-            &format!("\"{}\"", primary.display()),
+            &format!("\"{}\"", at.display()),
         );
     std::fs::write(&helper_layout.config, helper_config).unwrap();
-    let mut helper = BinMount::start_with_env(
+    BinMount::start_with_env(
         helper_layout,
         &[],
         &[("FUSERMOUNT_PATH", "/nonexistent/fusermount3")],
-        &primary,
-    );
+        at,
+    )
+}
+
+#[test]
+fn a_restart_after_a_failover_serves_when_the_primary_root_is_gone() {
+    let mut m = failed_over_to_the_standby();
+    // What a deleted volume leaves: its root moved away, then removed altogether.
+    let primary = m.layout.vols[0].clone();
+    std::fs::rename(&primary, primary.with_extension("old")).unwrap();
+    m.restart(&[]);
+    assert!(serves(&m, "v1"), "{}", m.stderr());
+    std::fs::remove_dir_all(primary.with_extension("old")).unwrap();
+    m.restart(&[]);
+    assert!(serves(&m, "v1"), "{}", m.stderr());
+    // A dead FUSE mount where the primary's root was (its client killed): another failoverfs,
+    // without fusermount3, so that a SIGKILL leaves its mount dead.
+    std::fs::create_dir(&primary).unwrap();
+    let mut helper = client_on(&primary);
     helper.signal(Signal::SIGKILL);
     assert!(helper.wait(Duration::from_secs(10)).is_none(), "killed");
     assert_eq!(
@@ -650,7 +665,7 @@ fn a_restart_after_a_failover_serves_when_the_primary_root_is_gone() {
         Some(libc::ENOTCONN)
     );
     m.restart(&[]);
-    assert!(serving("v1"), "{}", m.stderr());
+    assert!(serves(&m, "v1"), "{}", m.stderr());
     // `check` reports the unusable primary with its documented code (1), not as a
     // configuration error (2).
     let out = bin()
@@ -669,4 +684,26 @@ fn a_restart_after_a_failover_serves_when_the_primary_root_is_gone() {
     // The dead mount goes with `helper` (its drop detaches what is left).
     drop(helper);
     assert!(!is_mounted(&primary));
+}
+
+#[test]
+fn a_restart_after_a_failover_serves_when_the_primary_root_hangs() {
+    let mut m = failed_over_to_the_standby();
+    // The primary's client hangs (stopped): every call into its root waits.
+    let primary = m.layout.vols[0].clone();
+    std::fs::rename(&primary, primary.with_extension("old")).unwrap();
+    std::fs::create_dir(&primary).unwrap();
+    let helper = client_on(&primary);
+    helper.signal(Signal::SIGSTOP);
+    m.restart(&[]);
+    assert!(serves(&m, "v1"), "{}", m.stderr());
+    assert!(
+        m.stderr().contains("does not answer"),
+        "the hung root is named: {}",
+        m.stderr()
+    );
+    m.signal(Signal::SIGTERM);
+    let code = m.wait(Duration::from_secs(20));
+    helper.signal(Signal::SIGCONT);
+    assert_eq!(code, Some(0), "{}", m.stderr());
 }

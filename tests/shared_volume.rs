@@ -596,3 +596,18 @@ fn a_cached_listing_is_kept_only_while_the_directory_is_unchanged() {
     let now = names("d");
     assert!(now.contains("new"), "stale listing: {} names", now.len());
 }
+
+#[test]
+fn a_create_in_a_directory_removed_on_the_volume_has_the_volume_probed() {
+    // Long TTLs: the kernel keeps `d` and sends the create to the daemon.
+    let fx = Fixture::with(1, "entry_ttl = \"1h\"\nattr_ttl = \"1h\"\n", "");
+    fs::create_dir(fx.path("d")).unwrap();
+    assert!(fs::metadata(fx.path("d")).unwrap().is_dir());
+    let before = fx.app().vfs().alarms_total();
+    fs::remove_dir(fx.vol(0, "d")).unwrap();
+    let e = fs::write(fx.path("d/x"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    // A directory the kernel knows is gone: the volume may be going (an `rm -rf` of its root
+    // starts with the children), so it is probed at once.
+    assert!(fx.app().vfs().alarms_total() > before);
+}
