@@ -956,6 +956,11 @@ impl Supervisor {
                     Health::Suspect { evidence, .. } if evidence.detached => {
                         Hold::Refuse(evidence.to_string())
                     }
+                    // The same seen by the root check of a volume a master watches.
+                    Health::Unreachable {
+                        kind: TransientKind::Detached,
+                        detail,
+                    } => Hold::Refuse(detail.clone()),
                     Health::Suspect { evidence, .. } if evidence.strength == Strength::Strong => {
                         Hold::Set(evidence.to_string())
                     }

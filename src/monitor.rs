@@ -478,7 +478,9 @@ pub async fn probe_round(
                     && matches!(
                         v,
                         Verdict::Transient {
-                            kind: TransientKind::Io | TransientKind::Timeout,
+                            kind: TransientKind::Io
+                                | TransientKind::Timeout
+                                | TransientKind::Detached,
                             ..
                         }
                     )

@@ -95,6 +95,10 @@ pub enum TransientKind {
     /// A deletion answer for a volume this process never saw healthy: a configuration error
     /// (a misspelt volume name, marker or path), never evidence of a deletion.
     NeverHealthy,
+    /// A `dir` volume's served root is no longer at its path (moved, replaced, unmounted), seen
+    /// by the root check of a volume whose existence other probes decide (a master): the
+    /// volume may well exist, but not where this node serves it from.
+    Detached,
 }
 
 impl TransientKind {
@@ -116,6 +120,7 @@ impl TransientKind {
             TransientKind::Inconclusive => "inconclusive",
             TransientKind::Io => "io",
             TransientKind::NeverHealthy => "never-healthy",
+            TransientKind::Detached => "detached",
         }
     }
 }

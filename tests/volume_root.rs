@@ -357,3 +357,45 @@ fn a_client_killed_and_restarted_is_a_pause_for_readers_and_loses_no_acknowledge
         acked.len()
     );
 }
+
+#[test]
+fn a_detached_root_under_a_master_refuses_changes_until_it_is_back() {
+    let c = common::fake_master::FakeCluster::start(1);
+    c.create("vol-a");
+    let masters = format!("{:?}", c.addrs());
+    let layout = Layout::with_volumes(2, "", &health("3s"), |i| {
+        if i == 0 {
+            format!(
+                "probe = {{ kind = \"cubefs\", masters = {masters}, volume = \"vol-a\", timeout = \"200ms\" }}"
+            )
+        } else {
+            String::new()
+        }
+    });
+    populate(&layout);
+    let fx = Fixture::mount(layout);
+    wait_until(Duration::from_secs(10), "the primary seen healthy", || {
+        fx.app().monitor().state(0).unwrap().health.usable()
+    });
+    let changes = || fx.app().vfs().router().current().changes();
+    // The master still says the volume exists; this node's root is no longer at its path.
+    let old = fx.layout.dir.path().join("v0.old");
+    fs::rename(&fx.layout.vols[0], &old).unwrap();
+    fs::create_dir(&fx.layout.vols[0]).unwrap();
+    wait_until(Duration::from_secs(10), "changes refused", || {
+        changes() == failoverfs::routing::Changes::Refuse
+    });
+    let e = fs::write(fx.path("late"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(!old.join("late").exists());
+    assert_eq!(fs::read(fx.path("f")).unwrap(), b"v0");
+    // Back at its path: changes run again, on the volume; nothing was switched.
+    fs::remove_dir(&fx.layout.vols[0]).unwrap();
+    fs::rename(&old, &fx.layout.vols[0]).unwrap();
+    wait_until(Duration::from_secs(10), "changes running again", || {
+        changes() == failoverfs::routing::Changes::Run
+    });
+    fs::write(fx.path("late"), b"x").unwrap();
+    assert_eq!(fs::read(fx.vol(0, "late")).unwrap(), b"x");
+    assert!(fx.app().audit().is_empty(), "{:?}", fx.app().audit());
+}

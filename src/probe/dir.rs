@@ -190,7 +190,7 @@ impl DirProbe {
         let served = self.watch.as_ref().and_then(|w| w.served());
         match compare_root(&self.path, served, self.marker.as_deref()) {
             RootCheck::Detached(detail) if self.root_only => {
-                Verdict::transient(TransientKind::Io, detail)
+                Verdict::transient(TransientKind::Detached, detail)
             }
             RootCheck::Detached(detail) => {
                 // What the path holds now may be strong evidence itself (no marker there).
