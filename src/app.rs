@@ -1196,6 +1196,9 @@ impl Supervisor {
         self.stop_by = Some(Instant::now() + self.settings.drain_timeout + STOP_SLACK);
         let route = self.router.current();
         route.gate().close();
+        // Operations still in the volume after the drain keep their workers (and so the FUSE
+        // session) whatever the unmount waits for: it then waits only briefly.
+        let mut stuck = false;
         if !force && route.fenced_errno().is_none() {
             let drain = route
                 .gate()
@@ -1212,6 +1215,7 @@ impl Supervisor {
                     in_flight = route.gate().in_flight(),
                     "operations still running; unmounting anyway"
                 );
+                stuck = true;
             }
         }
         if route.fenced_errno().is_none() {
@@ -1221,7 +1225,7 @@ impl Supervisor {
                 libc::ENOTCONN,
             ));
         }
-        if self.unmount(force).await {
+        if self.unmount(force || stuck).await {
             Exit::Clean
         } else {
             Exit::Failure

@@ -272,7 +272,9 @@ fn a_client_killed_and_restarted_is_a_pause_for_readers_and_loses_no_acknowledge
         &[("FUSERMOUNT_PATH", "/nonexistent/fusermount3")],
         &inner_mnt,
     );
-    let layout = Layout::over_mount(&inner.mnt, 1, "", &health("60s"));
+    // Operations wait for the client's restart up to drain_timeout: room for a busy machine.
+    let tail = health("60s").replace("drain_timeout = \"2s\"", "drain_timeout = \"15s\"");
+    let layout = Layout::over_mount(&inner.mnt, 1, "", &tail);
     let fx = Fixture::mount(layout);
     fs::create_dir(fx.path("w")).unwrap();
 
