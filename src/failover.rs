@@ -240,10 +240,11 @@ pub const SWITCH_REASONS: [&str; 5] = [
 impl SwitchTotals {
     /// Switches to another volume (every reason but a remount, which serves the same volume).
     pub fn failovers(&self) -> u64 {
-        SWITCH_REASONS
+        let remounted = Trigger::Remounted { index: 0 }.reason_index();
+        self.by_reason
             .iter()
-            .zip(&self.by_reason)
-            .filter(|(r, _)| **r != "remounted")
+            .enumerate()
+            .filter(|(i, _)| *i != remounted)
             .map(|(_, n)| n.load(Ordering::Relaxed))
             .sum()
     }

@@ -86,6 +86,13 @@ pub fn mark_thread(mark: Arc<AtomicU64>) {
     MARK.with_borrow_mut(|m| *m = Some(mark));
 }
 
+/// The worker left its route to wait for another (or for changes to be released): until it
+/// enters one, it runs on none, so a switch never takes it for a call stuck in the old volume.
+#[cold]
+fn note_left() {
+    note_entered(0);
+}
+
 #[inline]
 fn note_entered(generation: u64) {
     MARK.with_borrow(|m| {
@@ -389,6 +396,7 @@ impl Router {
         let deadline = Instant::now() + self.policy.max_wait;
         let generation = ticket.generation();
         drop(ticket);
+        note_left();
         self.queued.fetch_add(1, Ordering::Relaxed);
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let released = {
@@ -464,6 +472,7 @@ impl Router {
 
     #[cold]
     fn enter_after_by(&self, generation: u64, deadline: Instant) -> Result<Ticket> {
+        note_left();
         let mut after = generation;
         let mut counted = false;
         loop {
@@ -630,6 +639,34 @@ mod tests {
         assert!(!router.set_changes(7, Changes::Run));
         assert!(router.set_changes(1, Changes::Run));
         assert!(router.enter_change().is_ok());
+    }
+
+    #[test]
+    fn a_worker_waiting_for_released_changes_is_on_no_route() {
+        let router = Arc::new(Router::new(
+            Route::serving(1, volume(0)),
+            WaitPolicy {
+                max_wait: Duration::from_secs(30),
+                ..Default::default()
+            },
+        ));
+        assert!(router.set_changes(1, Changes::Hold));
+        let mark = Arc::new(AtomicU64::new(0));
+        let (r, m) = (router.clone(), mark.clone());
+        let waiter = std::thread::spawn(move || {
+            mark_thread(m);
+            r.enter_change().map(|t| t.generation())
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while router.waiting() == 0 {
+            assert!(Instant::now() < deadline, "the change never waited");
+            std::thread::yield_now();
+        }
+        // Waiting, it holds no ticket: a switch must not answer it as a call of route 1.
+        assert_eq!(mark.load(Ordering::Relaxed), 0);
+        router.publish(Route::serving(2, volume(1)));
+        assert_eq!(waiter.join().unwrap().unwrap(), 2);
+        assert_eq!(mark.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -26,6 +26,22 @@ const FILES: [&str; 3] = ["both/a", "both/b", "both/deep/c"];
 
 /// Give every volume the same tree with distinguishable content, plus a file only the primary
 /// has and a directory for writes.
+/// Volume `i` is reported as a configuration error (never seen healthy), not as deleted.
+fn assert_never_healthy(fx: &Fixture, i: usize) {
+    let state = fx.app().monitor().states()[i].clone();
+    assert!(
+        matches!(
+            state.health,
+            failoverfs::monitor::Health::Unreachable {
+                kind: failoverfs::probe::TransientKind::NeverHealthy,
+                ..
+            }
+        ),
+        "{:?}",
+        state.health
+    );
+}
+
 fn populate(layout: &Layout) {
     for (i, v) in layout.vols.iter().enumerate() {
         fs::create_dir_all(v.join("both/deep")).unwrap();
@@ -627,18 +643,7 @@ fn a_misspelt_standby_marker_is_a_configuration_error_not_a_deletion() {
     wait_until(Duration::from_secs(30), "15 probe rounds", || {
         fx.app().monitor().states()[1].rounds >= rounds0 + 15
     });
-    let state = fx.app().monitor().states()[1].clone();
-    assert!(
-        matches!(
-            state.health,
-            failoverfs::monitor::Health::Unreachable {
-                kind: failoverfs::probe::TransientKind::NeverHealthy,
-                ..
-            }
-        ),
-        "{:?}",
-        state.health
-    );
+    assert_never_healthy(&fx, 1);
     // It is no switch target either: the primary's deletion finds nothing to switch to.
     fs::rename(&fx.layout.vols[0], fx.layout.dir.path().join("v0.gone")).unwrap();
     wait_until(Duration::from_secs(30), "the switch attempt", || {
@@ -1011,18 +1016,7 @@ fn a_misspelt_volume_seen_only_through_its_root_while_the_master_is_down_is_neve
         "20 rounds of 'does not exist'",
         || rounds(&fx) >= r1 + 20,
     );
-    let state = fx.app().monitor().states()[0].clone();
-    assert!(
-        matches!(
-            state.health,
-            failoverfs::monitor::Health::Unreachable {
-                kind: failoverfs::probe::TransientKind::NeverHealthy,
-                ..
-            }
-        ),
-        "{:?}",
-        state.health
-    );
+    assert_never_healthy(&fx, 0);
     assert!(
         fx.app().audit().is_empty(),
         "switched away from a volume never seen: {:?}",
