@@ -479,7 +479,6 @@ impl App {
             signals,
             signals_seen: 0,
             stop_requested: false,
-            stop_by: None,
             commands: command_rx,
             remounted: reopen_rx,
             ended,
@@ -913,8 +912,6 @@ struct Supervisor {
     signals: Signals,
     signals_seen: u32,
     stop_requested: bool,
-    /// When a stop must be done by (set when it starts).
-    stop_by: Option<Instant>,
     commands: mpsc::UnboundedReceiver<Command>,
     /// Volumes whose root was found remounted (from their probes).
     remounted: mpsc::UnboundedReceiver<usize>,
@@ -1159,7 +1156,7 @@ impl Supervisor {
         ));
         let fenced = self.settings.leave_mount == LeaveMount::Fenced;
         if !fenced {
-            self.unmount(false).await;
+            self.unmount(false, None).await;
         }
         let took_ms = crate::failover::millis(confirmed_at.elapsed());
         tracing::error!(
@@ -1175,15 +1172,15 @@ impl Supervisor {
         );
         if fenced && self.stop_requested {
             // A stop was asked for during the switch: honour it, still with exit 3.
-            self.unmount(self.signals_seen >= 2).await;
+            self.unmount(self.signals_seen >= 2, None).await;
         } else if fenced {
             // Answer every operation with the fence errno until an operator unmounts.
             tokio::select! {
                 _ = self.ended.notified() => { self.mounted = None; }
-                _ = self.signals.recv() => { self.unmount(false).await; }
+                _ = self.signals.recv() => { self.unmount(false, None).await; }
                 _ = async { while let Some(c) = self.commands.recv().await {
                     if matches!(c, Command::Stop) { break; }
-                } } => { self.unmount(false).await; }
+                } } => { self.unmount(false, None).await; }
             }
         }
         Exit::VolumeDeleted
@@ -1193,12 +1190,13 @@ impl Supervisor {
     /// Bounded by `drain_timeout` + 1 s whatever the volume does: the drain leaves a reserve,
     /// and the unmount waits only for what is left.
     async fn stop(&mut self, force: bool) -> Exit {
-        self.stop_by = Some(Instant::now() + self.settings.drain_timeout + STOP_SLACK);
+        let by = Instant::now() + self.settings.drain_timeout + STOP_SLACK;
         let route = self.router.current();
         route.gate().close();
-        // Operations still in the volume after the drain keep their workers (and so the FUSE
-        // session) whatever the unmount waits for: it then waits only briefly.
-        let mut stuck = false;
+        // Calls stuck in a volume (this one after its drain, or an earlier one, left at a
+        // switch) keep their workers, and so the FUSE session, whatever the unmount waits for:
+        // it then waits only briefly.
+        let mut stuck = self.controller.calls_stuck() > 0;
         if !force && route.fenced_errno().is_none() {
             let drain = route
                 .gate()
@@ -1225,14 +1223,15 @@ impl Supervisor {
                 libc::ENOTCONN,
             ));
         }
-        if self.unmount(force || stuck).await {
+        if self.unmount(force || stuck, Some(by)).await {
             Exit::Clean
         } else {
             Exit::Failure
         }
     }
 
-    async fn unmount(&mut self, force: bool) -> bool {
+    /// Unmount; a stop passes the time it must be done `by`.
+    async fn unmount(&mut self, force: bool, by: Option<Instant>) -> bool {
         let Some(mounted) = self.mounted.take() else {
             return true;
         };
@@ -1241,8 +1240,7 @@ impl Supervisor {
         } else {
             // Half of what is left of the stop's bound for open files, half for the workers
             // after an abort (see `Mounted::unmount`), keeping a reserve for the exit.
-            let left = self
-                .stop_by
+            let left = by
                 .map(|by| by.saturating_duration_since(Instant::now()))
                 .unwrap_or(UNMOUNT_GRACE * 2 + UNMOUNT_RESERVE);
             (left.saturating_sub(UNMOUNT_RESERVE) / 2)

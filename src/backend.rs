@@ -24,6 +24,26 @@ pub mod dir;
 pub mod faulty;
 pub mod identity;
 
+/// Run `f`, a call that may reach a filesystem whose client hangs, on a thread of its own named
+/// `name`, and wait for it at most `limit`. `None` when it did not answer in time (the thread is
+/// left behind, stuck where the filesystem keeps it) or could not be started. For the few calls
+/// outside the FUSE workers and the probes, which bound theirs themselves: the start, a dead
+/// mount's check.
+pub fn bounded<T: Send + 'static>(
+    name: &str,
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .ok()?;
+    rx.recv_timeout(limit).ok()
+}
+
 use std::any::Any;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

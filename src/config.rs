@@ -1541,23 +1541,12 @@ pub fn bounded_at<T: Send + 'static>(
     if HUNG.lock().iter().any(|h| path.starts_with(h)) {
         return None;
     }
-    let (tx, rx) = std::sync::mpsc::channel();
     let owned = path.to_path_buf();
-    let spawned = std::thread::Builder::new()
-        .name("root-check".into())
-        .spawn(move || {
-            let _ = tx.send(f(&owned));
-        });
-    if spawned.is_err() {
-        return None;
+    let answer = crate::backend::bounded("root-check", ROOT_STAT_LIMIT, move || f(&owned));
+    if answer.is_none() {
+        HUNG.lock().push(path.to_path_buf());
     }
-    match rx.recv_timeout(ROOT_STAT_LIMIT) {
-        Ok(v) => Some(v),
-        Err(_) => {
-            HUNG.lock().push(path.to_path_buf());
-            None
-        }
-    }
+    answer
 }
 
 /// `stat` of `path`, bounded (see [`bounded_at`]).

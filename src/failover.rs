@@ -288,6 +288,10 @@ pub trait Calls: Send + Sync + 'static {
     /// A route of `generation` serves from now on: calls still running on older routes hold
     /// nothing of it; with `errno`, they are answered with it now. Returns how many were.
     fn route_changed(&self, generation: u64, errno: Option<i32>) -> u64;
+
+    /// Calls still in a volume past their deadline or answered at a switch: their workers are
+    /// stuck there until the volume lets them go.
+    fn stuck(&self) -> u64;
 }
 
 /// How long a switch away from a volume that is gone (deletion confirmed, or unavailable past
@@ -369,6 +373,11 @@ impl Controller {
     pub fn with_calls(mut self, calls: Arc<dyn Calls>) -> Controller {
         self.calls = Some(calls);
         self
+    }
+
+    /// Calls stuck in a volume now (see [`Calls::stuck`]); 0 without a FUSE side.
+    pub fn calls_stuck(&self) -> u64 {
+        self.calls.as_ref().map_or(0, |c| c.stuck())
     }
 
     /// Tell `events` when a switch starts and how it ended (see [`crate::events`]).

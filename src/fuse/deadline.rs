@@ -592,4 +592,10 @@ impl crate::failover::Calls for Deadlines {
     fn route_changed(&self, generation: u64, errno: Option<i32>) -> u64 {
         Deadlines::route_changed(self, generation, errno)
     }
+
+    fn stuck(&self) -> u64 {
+        // Every overrunning slot is counted here until its worker comes back (answered at the
+        // switch counts as overran too).
+        self.overrunning.load(Ordering::Relaxed)
+    }
 }

@@ -260,16 +260,12 @@ pub fn detach_dead_mount(path: &Path) -> io::Result<bool> {
     if !matches!(mount_at(path), Some((_, true))) {
         return Ok(false);
     }
-    let (tx, rx) = std::sync::mpsc::channel();
     let probe = path.to_path_buf();
-    std::thread::Builder::new()
-        .name("dead-mount-probe".into())
-        .spawn(move || {
-            let _ = tx.send(nix::sys::statfs::statfs(&probe).map(|_| ()));
-        })?;
-    match rx.recv_timeout(Duration::from_secs(1)) {
-        Ok(Err(nix::errno::Errno::ENOTCONN)) => {}
-        _ => return Ok(false),
+    let answer = crate::backend::bounded("dead-mount-probe", Duration::from_secs(1), move || {
+        nix::sys::statfs::statfs(&probe).map(|_| ())
+    });
+    if answer != Some(Err(nix::errno::Errno::ENOTCONN)) {
+        return Ok(false);
     }
     detach(path).map(|()| true)
 }
